@@ -1,0 +1,365 @@
+"""The validated configuration and the run specs it expands into (docs/design.md, "Run specs").
+
+``validate`` completes a config with the schema's defaults and checks it: first the JSON schema
+(``workflow/schemas/config.schema.yaml``: types, ranges, enums, no unknown keys), then the rules
+across fields that a schema cannot say well (``check_config``). Every error names the key and the
+fix, and all of it happens before any job runs.
+
+``run_specs`` expands a validated config into one plain dict per training job, keyed by
+``(experiment, condition, seed)``. The workflow passes exactly that dict as the job's ``params``, so
+editing a value reruns exactly the jobs whose dict changed. The dicts hold only builtins with a fixed
+key order and floats as floats (``gamma: 1`` and ``gamma: 1.0`` give the same spec).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+
+MNIST_TRAIN_SIZE = 60_000
+OUTPUT_UNITS = {"five_hot": 50, "one_hot": 10}
+
+# Experiment names as they appear in result paths: runs/{experiment}/{condition}/seed{seed}.
+EXPERIMENTS = ("main", "label_noise", "label_change", "trajectory", "terms", "shadow")
+
+# The keys of a run spec, in the order every spec lists them (docs/design.md, "Run specs").
+# `threads` is not among them: it comes from the rule's `threads:` at run time, so that changing
+# it reruns nothing.
+SPEC_KEYS = (
+    "experiment", "condition", "seed",
+    "sizes", "activation", "init_std", "bias", "targets",
+    "rule", "eta", "wn", "gamma", "ibn",
+    "batch_size", "epochs", "reshuffle", "snapshot_every", "metrics",
+    "label_noise", "phases",
+    "device", "dtype",
+    "observers",
+)
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key (dotted path) and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read one YAML file as a dict, naming the file when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML config")
+    with path.open() as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Read, complete and check a config file: the dict every other function here takes."""
+    return validate(load_yaml(path), schema_path)
+
+
+def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Complete ``config`` in place with the schema's defaults, then check it; returns it.
+
+    Raises ``ConfigError`` naming every offending key (dotted path) before anything runs. In place,
+    so that the Snakefile's global ``config`` is the completed one.
+    """
+    schema = load_yaml(schema_path)
+    validator_class = _with_defaults(jsonschema.Draft202012Validator)
+    errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config:\n" + "\n".join(_describe(error) for error in errors))
+    check_config(config)
+    return config
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in each property's schema default before validating it.
+
+    The pattern from the jsonschema FAQ (the same one ``snakemake.utils.validate`` uses), with the
+    default deep-copied so that no two places share one mutable default.
+    """
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        keys = ", ".join(f"'{_dotted([*error.absolute_path, name])}'" for name in unknown)
+        scope = f"under '{where}'" if where else "at the top level"
+        return f"  unknown config key {keys}: the keys allowed {scope} are {', '.join(allowed)}"
+    if error.validator == "propertyNames":
+        return f"  config key '{where}': {error.message} (names are lower case letters, digits and _)"
+    return f"  config key '{where or '(top level)'}': {error.message}"
+
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def check_config(config: dict) -> None:
+    """Cross-field rules of a schema-valid, default-completed config (raises ``ConfigError``).
+
+    - WN's ``gamma`` is set exactly where ``wn`` is true (SPEC 3);
+    - every condition an experiment names is defined under ``conditions``; alignment terms and
+      shadows are measured on FA runs (SPEC 6);
+    - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width;
+    - the batch fits the training set, and the alignment-term iterations fit the run and its lags.
+    """
+    problems = []
+    conditions = config["conditions"]
+    for name, condition in conditions.items():
+        if "gamma" in condition and not condition["wn"]:
+            problems.append(
+                f"config key 'conditions.{name}.gamma' is set but 'conditions.{name}.wn' is false: "
+                "gamma is the WN column norm; remove gamma or set wn: true"
+            )
+        if condition["wn"] and "gamma" not in condition:
+            problems.append(
+                f"config key 'conditions.{name}.gamma' is missing: 'conditions.{name}.wn' is true, "
+                "so the WN column norm gamma must be given (e.g. gamma: 1.0)"
+            )
+
+    known = ", ".join(sorted(conditions))
+    for key, names in _condition_references(config):
+        unknown = [f"'{name}'" for name in names if name not in conditions]
+        if unknown:
+            problems.append(
+                f"config key '{key}' names unknown condition {', '.join(unknown)}; "
+                f"define it under 'conditions' or use one of: {known}"
+            )
+    for section in ("alignment_terms", "shadow"):
+        name = config[section]["condition"]
+        if name in conditions and conditions[name]["rule"] != "fa":
+            problems.append(
+                f"config key '{section}.condition' is '{name}', a '{conditions[name]['rule']}' condition; "
+                "the alignment terms and shadows are those of feedback alignment: name an fa condition"
+            )
+
+    sizes = config["network"]["sizes"]
+    n_in = config["data"]["image_size"] ** 2
+    if sizes[0] != n_in:
+        problems.append(
+            f"config key 'network.sizes' starts with {sizes[0]} inputs but the images have "
+            f"data.image_size² = {n_in} pixels; make the first size {n_in}"
+        )
+    targets = config["network"]["targets"]
+    if sizes[-1] != OUTPUT_UNITS[targets]:
+        problems.append(
+            f"config key 'network.sizes' ends with {sizes[-1]} outputs but network.targets "
+            f"'{targets}' needs {OUTPUT_UNITS[targets]}; make the last size {OUTPUT_UNITS[targets]}"
+        )
+
+    n_train = config["data"]["train_subset"] or MNIST_TRAIN_SIZE
+    batch_size = config["training"]["batch_size"]
+    if batch_size > n_train:
+        problems.append(
+            f"config key 'training.batch_size' ({batch_size}) exceeds the {n_train} training images; "
+            "lower it or raise data.train_subset"
+        )
+    else:
+        problems += _check_alignment_terms(config["alignment_terms"], iterations_per_epoch(config))
+
+    landscape = config["embedding"]["landscape_train_subset"]
+    if landscape > n_train:
+        problems.append(
+            f"config key 'embedding.landscape_train_subset' ({landscape}) exceeds the {n_train} training "
+            "images; lower it to at most data.train_subset"
+        )
+    umap = config["embedding"]["umap"]
+    if umap["n_neighbors"] >= umap["max_points"]:
+        problems.append(
+            "config key 'embedding.umap.n_neighbors' must be smaller than embedding.umap.max_points"
+        )
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _condition_references(config: dict) -> Iterator[tuple[str, list[str]]]:
+    for experiment, section in config["experiments"].items():
+        yield f"experiments.{experiment}.conditions", section["conditions"]
+    for section in ("alignment_terms", "shadow"):
+        yield f"{section}.condition", [config[section]["condition"]]
+
+
+def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
+    """T^o_l[k] needs k - o >= 0 for every lag o <= max_lag, and k inside the run (SPEC 6)."""
+    problems = []
+    n_iterations = terms["epochs"] * batches_per_epoch
+    for k in terms["iterations"]:
+        if k >= n_iterations:
+            problems.append(
+                f"config key 'alignment_terms.iterations' has k = {k} but the runs have only "
+                f"{n_iterations} iterations (alignment_terms.epochs x {batches_per_epoch} minibatches)"
+            )
+        if k < terms["max_lag"]:
+            problems.append(
+                f"config key 'alignment_terms.iterations' has k = {k} < alignment_terms.max_lag = "
+                f"{terms['max_lag']}: T^o[k] needs k - o >= 0; lower max_lag or raise k"
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Run specs
+
+
+def run_specs(config: dict) -> dict[tuple[str, str, int], dict]:
+    """One plain dict per training job, keyed by ``(experiment, condition, seed)``.
+
+    Expects a validated config. Experiments and their conditions (docs/design.md):
+    ``main/{condition}``, ``label_noise/{condition}_p{level}``, ``label_change/{condition}``,
+    ``trajectory/{condition}`` (one shared seed, so every method starts from the same W, B, b),
+    ``terms/{condition}_{variant}`` and ``shadow/{condition}``.
+    """
+    specs = {}
+    for spec in _iter_specs(config):
+        key = (spec["experiment"], spec["condition"], spec["seed"])
+        if key in specs:
+            raise ConfigError(f"two runs are both named {key}; rename a condition in 'conditions'")
+        specs[key] = spec
+    return specs
+
+
+def _iter_specs(config: dict) -> Iterator[dict]:
+    experiments = config["experiments"]
+
+    main = experiments["main"]
+    for name in main["conditions"]:
+        for seed in main["seeds"]:
+            yield _spec(config, "main", name, name, seed)
+
+    noise = experiments["label_noise"]
+    for name in noise["conditions"]:
+        for level in noise["levels"]:
+            for seed in noise["seeds"]:
+                yield _spec(config, "label_noise", f"{name}_p{level}", name, seed, label_noise=level)
+
+    change = experiments["label_change"]
+    overrides = change["overrides"]
+    for name in change["conditions"]:
+        changes = {"phases": list(change["phases"]), "epochs": sum(change["phases"])}
+        changes.update({key: overrides[key] for key in ("bias", "eta", "ibn") if key in overrides})
+        if "gamma" in overrides and config["conditions"][name]["wn"]:
+            changes["gamma"] = overrides["gamma"]
+        for seed in change["seeds"]:
+            yield _spec(config, "label_change", name, name, seed, **changes)
+
+    trajectory = experiments["trajectory"]
+    for name in trajectory["conditions"]:
+        yield _spec(config, "trajectory", name, name, trajectory["seed"],
+                    snapshot_every=trajectory["snapshot_every"])
+
+    terms = config["alignment_terms"]
+    observer = {"alignment_terms": {
+        "iterations": list(terms["iterations"]),
+        "max_lag": terms["max_lag"],
+        "lags_over_time": list(terms["lags_over_time"]),
+        "every": terms["every"],
+    }}
+    variants = {
+        "fixed": {"reshuffle": False},
+        "reshuffle": {"reshuffle": True},
+        "wrong_labels": {"reshuffle": False, "label_noise": 100},
+    }
+    name = terms["condition"]
+    for variant in terms["variants"]:
+        for seed in terms["seeds"]:
+            yield _spec(config, "terms", f"{name}_{variant}", name, seed, epochs=terms["epochs"],
+                        observers=observer, **variants[variant])
+
+    shadow = config["shadow"]
+    name = shadow["condition"]
+    for seed in shadow["seeds"]:
+        yield _spec(config, "shadow", name, name, seed, epochs=shadow["epochs"],
+                    observers={"shadow": {"random_b_seed_offset": shadow["random_b_seed_offset"]}})
+
+
+def _spec(config: dict, experiment: str, run_name: str, condition_name: str, seed: int, **changes) -> dict:
+    """The spec of one run: network + training + the condition, then the experiment's changes."""
+    network, training = config["network"], config["training"]
+    condition = config["conditions"][condition_name]
+    spec = {
+        "experiment": experiment,
+        "condition": run_name,
+        "seed": int(seed),
+        "sizes": [int(n) for n in network["sizes"]],
+        "activation": network["activation"],
+        "init_std": network["init_std"],
+        "bias": network["bias"],
+        "targets": network["targets"],
+        "rule": condition["rule"],
+        "eta": condition["eta"],
+        "wn": condition["wn"],
+        "gamma": condition.get("gamma") if condition["wn"] else None,
+        "ibn": condition["ibn"],
+        "batch_size": training["batch_size"],
+        "epochs": training["epochs"],
+        "reshuffle": training["reshuffle"],
+        "snapshot_every": training["snapshot_every"],
+        "metrics": training["metrics"],
+        "label_noise": 0,
+        "phases": [training["epochs"]],
+        "device": training["device"],
+        "dtype": training["dtype"],
+        "observers": {},
+    }
+    unknown = set(changes) - set(spec)
+    if unknown:
+        raise KeyError(f"not run-spec keys: {sorted(unknown)}")
+    spec.update(copy.deepcopy(changes))
+    if "epochs" in changes and "phases" not in changes:
+        spec["phases"] = [spec["epochs"]]
+    for key in ("init_std", "eta", "gamma"):
+        if spec[key] is not None:
+            spec[key] = float(spec[key])
+    assert tuple(spec) == SPEC_KEYS
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# What the workflow derives from the specs
+
+
+def label_noise_levels(specs: Mapping[Any, dict]) -> list[int]:
+    """The noisy-label sets the data stage must prepare: every level > 0 some run uses."""
+    return sorted({spec["label_noise"] for spec in specs.values() if spec["label_noise"] > 0})
+
+
+def experiment_conditions(specs: Mapping[tuple[str, str, int], dict]) -> dict[str, dict[str, list[int]]]:
+    """``{experiment: {condition: [seeds]}}`` in config order: the units the aggregation works on."""
+    layout: dict[str, dict[str, list[int]]] = {}
+    for experiment, condition, seed in specs:
+        layout.setdefault(experiment, {}).setdefault(condition, []).append(seed)
+    return layout
+
+
+def iterations_per_epoch(config: dict) -> int:
+    """Minibatches per epoch of the configured training set (SPEC 5: 60 for MNIST at batch 1000)."""
+    n_train = config["data"]["train_subset"] or MNIST_TRAIN_SIZE
+    return n_train // config["training"]["batch_size"]

@@ -1,0 +1,221 @@
+"""The config layer: schema defaults, errors that name the key, and the run specs (docs/design.md)."""
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from fa_analysis import config as fa_config
+from fa_analysis.config import ConfigError, load_config, run_specs, validate
+
+SMOKE_CONFIG = fa_config.REPO_ROOT / "tests" / "smoke" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    return load_config(fa_config.DEFAULT_CONFIG_PATH)
+
+
+@pytest.fixture(scope="module")
+def default_specs(default_config):
+    return run_specs(default_config)
+
+
+def raises_naming(config, *needles):
+    with pytest.raises(ConfigError) as caught:
+        validate(config)
+    for needle in needles:
+        assert needle in str(caught.value)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and default config
+
+
+def test_schema_defaults_are_the_default_config(default_config):
+    """An empty config completed by the schema is config.yaml: the two cannot drift apart."""
+    assert validate({}) == default_config
+
+
+def test_every_default_config_key_is_in_the_schema():
+    """config.yaml passes the schema as written, without a default filling anything it lacks."""
+    raw = fa_config.load_yaml(fa_config.DEFAULT_CONFIG_PATH)
+    completed = validate(copy.deepcopy(raw))
+
+    def leaves(tree, prefix=()):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value and key != "conditions":
+                yield from leaves(value, prefix + (key,))
+            else:
+                yield prefix + (key,)
+
+    assert set(leaves(raw)) == set(leaves(completed))
+
+
+def test_default_config_is_the_spec_protocol(default_config):
+    """SPEC 5, 7, 8: the defaults are the study's protocol."""
+    c = default_config
+    assert c["network"]["sizes"] == [225, 50, 50, 50, 50, 50]
+    assert c["network"]["activation"] == "tanh_relu" and c["network"]["init_std"] == 0.1
+    assert (c["training"]["batch_size"], c["training"]["epochs"]) == (1000, 100)
+    etas = {name: cond["eta"] for name, cond in c["conditions"].items()}
+    assert etas == {"bp": 4e-4, "bp_wn": 3e-4, "fa": 5e-4, "fa_wn": 5e-4, "fa_wn_noibn": 5e-4}
+    assert c["conditions"]["fa_wn"]["gamma"] == 1.0 and c["conditions"]["fa_wn"]["ibn"]
+    assert c["conditions"]["bp_wn"]["gamma"] == 0.6 and not c["conditions"]["fa_wn_noibn"]["ibn"]
+    assert len(c["experiments"]["main"]["seeds"]) == 10
+    assert len(c["alignment_terms"]["seeds"]) == 30 and c["alignment_terms"]["epochs"] == 25
+    assert c["experiments"]["trajectory"]["snapshot_every"] == 3
+    open_loop = c["open_loop"]
+    assert (open_loop["sizes"], open_loop["eta"], open_loop["iterations"]) == ([20, 100, 20], 0.002, 2000)
+
+
+def test_smoke_config_is_valid_and_small():
+    smoke = load_config(SMOKE_CONFIG)
+    specs = run_specs(smoke)
+    iterations = sum(
+        spec["epochs"] * (smoke["data"]["train_subset"] // spec["batch_size"]) for spec in specs.values()
+    )
+    assert len(specs) <= 40 and iterations <= 5_000
+    assert all(len(seeds) >= 2 for seeds in fa_config.experiment_conditions(specs)["main"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors name the key
+
+
+def test_typo_in_a_nested_key_names_it():
+    raises_naming({"conditions": {"fa": {"rule": "fa", "etaa": 5e-4}}}, "'conditions.fa.etaa'")
+
+
+def test_typo_in_a_top_level_key_names_it():
+    raises_naming({"trainig": {"epochs": 3}}, "'trainig'", "at the top level")
+
+
+def test_unknown_condition_in_an_experiment_names_the_key():
+    message = raises_naming({"experiments": {"main": {"conditions": ["fa", "fa_wnn"]}}},
+                            "'experiments.main.conditions'", "'fa_wnn'")
+    assert "'fa'" not in message.split("unknown condition")[1].split(";")[0]
+
+
+def test_negative_eta_names_the_key():
+    raises_naming({"conditions": {"fa": {"rule": "fa", "eta": -5e-4}}}, "'conditions.fa.eta'")
+
+
+def test_gamma_without_wn_names_the_key(default_config):
+    config = fa_config.load_yaml(fa_config.DEFAULT_CONFIG_PATH)
+    config["conditions"]["bp"]["gamma"] = 0.6
+    raises_naming(config, "'conditions.bp.gamma'", "wn")
+
+
+def test_wn_without_gamma_names_the_key():
+    config = fa_config.load_yaml(fa_config.DEFAULT_CONFIG_PATH)
+    del config["conditions"]["fa_wn"]["gamma"]
+    raises_naming(config, "'conditions.fa_wn.gamma'")
+
+
+def test_bad_enum_names_the_key():
+    raises_naming({"network": {"activation": "tanh_rel"}}, "'network.activation'", "tanh_relu")
+
+
+def test_sizes_must_match_images_and_targets():
+    raises_naming({"network": {"sizes": [784, 50, 10]}}, "'network.sizes'", "225", "10 outputs")
+
+
+def test_alignment_term_iterations_must_fit_the_run():
+    raises_naming({"alignment_terms": {"iterations": [66, 9000]}}, "'alignment_terms.iterations'", "9000")
+    raises_naming({"alignment_terms": {"iterations": [30]}}, "'alignment_terms.iterations'", "max_lag")
+
+
+def test_alignment_terms_need_an_fa_condition():
+    raises_naming({"alignment_terms": {"condition": "bp"}}, "'alignment_terms.condition'")
+
+
+def test_validation_fills_defaults_in_place():
+    config = {"training": {"epochs": 3}}
+    assert validate(config) is config
+    assert config["training"]["batch_size"] == 1000 and config["training"]["epochs"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Run specs
+
+
+def test_one_spec_per_experiment_condition_seed(default_config, default_specs):
+    e = default_config["experiments"]
+    expected = (
+        len(e["main"]["conditions"]) * len(e["main"]["seeds"])
+        + len(e["label_noise"]["conditions"]) * len(e["label_noise"]["levels"]) * len(e["label_noise"]["seeds"])
+        + len(e["label_change"]["conditions"]) * len(e["label_change"]["seeds"])
+        + len(e["trajectory"]["conditions"])
+        + len(default_config["alignment_terms"]["variants"]) * len(default_config["alignment_terms"]["seeds"])
+        + len(default_config["shadow"]["seeds"])
+    )
+    assert len(default_specs) == expected == 247
+    for (experiment, condition, seed), spec in default_specs.items():
+        assert (spec["experiment"], spec["condition"], spec["seed"]) == (experiment, condition, seed)
+
+
+def test_specs_are_plain_builtins_in_a_fixed_key_order(default_specs):
+    for spec in default_specs.values():
+        assert tuple(spec) == fa_config.SPEC_KEYS
+        assert json.loads(json.dumps(spec)) == spec
+        assert "threads" not in spec
+
+
+def test_gamma_written_as_int_gives_the_same_spec():
+    as_float = run_specs(validate({}))
+    as_int = run_specs(validate({"conditions": {**validate({})["conditions"],
+                                                "fa_wn": {"rule": "fa", "eta": 5e-4, "wn": True, "gamma": 1, "ibn": True}}}))
+    assert repr(as_float) == repr(as_int)
+
+
+def test_label_change_applies_its_overrides(default_specs):
+    fa_wn = default_specs[("label_change", "fa_wn", 0)]
+    bp = default_specs[("label_change", "bp", 0)]
+    assert (fa_wn["eta"], fa_wn["gamma"], fa_wn["ibn"], fa_wn["bias"]) == (3e-4, 0.6, False, False)
+    assert fa_wn["phases"] == [100, 100] and fa_wn["epochs"] == 200
+    assert bp["gamma"] is None and not bp["wn"] and bp["eta"] == 3e-4
+    assert default_specs[("main", "fa_wn", 0)]["ibn"] and default_specs[("main", "fa_wn", 0)]["bias"]
+
+
+def test_trajectory_runs_share_one_seed_and_take_snapshots(default_config, default_specs):
+    runs = [spec for key, spec in default_specs.items() if key[0] == "trajectory"]
+    assert {spec["seed"] for spec in runs} == {default_config["experiments"]["trajectory"]["seed"]}
+    assert {spec["condition"] for spec in runs} == {"bp", "fa", "bp_wn", "fa_wn"}
+    assert all(spec["snapshot_every"] == 3 for spec in runs)
+    assert all(spec["snapshot_every"] == 0 for key, spec in default_specs.items() if key[0] == "main")
+
+
+def test_terms_variants_and_shadow_carry_their_observers(default_specs):
+    fixed = default_specs[("terms", "fa_fixed", 29)]
+    reshuffle = default_specs[("terms", "fa_reshuffle", 0)]
+    wrong = default_specs[("terms", "fa_wrong_labels", 0)]
+    assert (fixed["reshuffle"], reshuffle["reshuffle"], wrong["reshuffle"]) == (False, True, False)
+    assert (fixed["label_noise"], wrong["label_noise"]) == (0, 100)
+    assert fixed["epochs"] == 25 and fixed["phases"] == [25]
+    assert fixed["observers"]["alignment_terms"]["iterations"] == [66, 1260]
+    assert fixed["observers"]["alignment_terms"]["max_lag"] == 64
+    shadow = default_specs[("shadow", "fa", 2)]
+    assert shadow["epochs"] == 10 and set(shadow["observers"]) == {"shadow"}
+
+
+def test_label_noise_runs_and_levels(default_specs):
+    assert default_specs[("label_noise", "fa_p40", 5)]["label_noise"] == 40
+    assert fa_config.label_noise_levels(default_specs) == [20, 40, 60, 80, 100]
+
+
+def test_editing_one_eta_changes_exactly_that_conditions_specs(default_config, default_specs):
+    edited = copy.deepcopy(default_config)
+    edited["conditions"]["bp_wn"]["eta"] = 1e-4
+    changed = {key for key, spec in run_specs(validate(edited)).items() if spec != default_specs[key]}
+    # label_change overrides eta, so its bp_wn runs keep theirs.
+    assert changed == {key for key in default_specs if key[1] == "bp_wn" and key[0] != "label_change"}
+
+
+def test_editing_open_loop_changes_no_spec(default_config, default_specs):
+    edited = copy.deepcopy(default_config)
+    edited["open_loop"]["eta"] = 0.01
+    edited["embedding"]["pca_grid"] = 9
+    assert run_specs(validate(edited)) == default_specs
