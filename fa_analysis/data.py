@@ -334,19 +334,20 @@ def prepare_dataset(
     for key, value in (("data.train_subset", train_subset), ("data.test_subset", test_subset)):
         if value is not None:
             _check_positive_int(key, value)
-    arrays = {}
+    splits = {}
     for split, train, subset, subset_key in (
         ("train", True, train_subset, "data.train_subset"),
         ("test", False, test_subset, "data.test_subset"),
     ):
         images, labels = load_mnist_raw(root, download=download, train=train)
-        if subset is not None:
-            if subset > images.shape[0]:
-                raise ValueError(
-                    f"{subset_key} = {subset} exceeds the {images.shape[0]} {split} images; "
-                    "use null for all of them"
-                )
-            images, labels = images[:subset], labels[:subset]
+        if subset is not None and subset > images.shape[0]:
+            raise ValueError(
+                f"{subset_key} = {subset} exceeds the {images.shape[0]} {split} images; "
+                "use null for all of them"
+            )
+        splits[split] = (images[:subset], labels[:subset])
+    arrays = {}
+    for split, (images, labels) in splits.items():
         arrays[f"X_{split}"] = resize_images(images, image_size).numpy()
         arrays[f"y_{split}"] = labels.numpy()
     raw = mnist_raw_dir(root)
