@@ -1,0 +1,315 @@
+"""The network and its learning rules: forward pass, deltas for BP / FA / DFA, updates (SPEC 1-2).
+
+Row-vector convention as in the paper. Layers ``l = 0..d``; a minibatch ``L_0 = X`` is
+``(n_b, n_0)``. Indexing follows docs/design.md:
+
+- ``W[l]``, ``l = 0..d-1``, shape ``(n_l, n_{l+1})``;
+- ``b[l-1]`` is ``b_l``, ``l = 1..d``, shape ``(n_l,)``;
+- ``B[l]``, ``l = 1..d-1``, shape ``(n_{l+1}, n_l)`` (the shape of ``W_l^T``); ``B[0] = None``;
+- ``D[l]``, ``l = 1..d-1``, shape ``(n_d, n_l)`` (DFA: output error straight to layer l); ``D[0] = None``;
+- ``Z[l]``, ``L[l]``, ``delta[l]`` are lists of length ``d+1`` with ``Z[0] = delta[0] = None``.
+
+Every function is a pure function of tensors. Those used in the training loop take optional
+``out`` buffers so that the loop reuses memory; the numbers are the same either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+RULES = ("bp", "fa", "dfa")
+
+
+# --------------------------------------------------------------------------------------------
+# Activations: pairs (f, f')
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation ``L = f(Z)`` and its derivative ``f'(Z)``.
+
+    ``f(Z, out)`` writes ``f(Z)``; ``fprime(Z, L, out)`` writes ``f'(Z)`` given ``L = f(Z)``,
+    using ``L`` wherever that is exact and cheaper than recomputing from ``Z``.
+    """
+
+    name: str
+    f: Callable[[Tensor, Tensor | None], Tensor]
+    fprime: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+def _tanh_relu(Z: Tensor, out: Tensor | None = None) -> Tensor:
+    """``f(x) = tanh(relu(x))``."""
+    out = torch.clamp(Z, min=0, out=out) if out is not None else torch.clamp(Z, min=0)
+    return out.tanh_()
+
+
+def _tanh_relu_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
+    """``f'(x) = 1[x>0] sech^2(x) = 1[x>0] - L^2``: where ``x <= 0``, ``L = 0``, so both are 0 there."""
+    out = out.copy_(Z > 0) if out is not None else (Z > 0).to(L.dtype)
+    return out.addcmul_(L, L, value=-1)
+
+
+def _relu(Z: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.clamp(Z, min=0, out=out) if out is not None else torch.clamp(Z, min=0)
+
+
+def _relu_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
+    """``f'(x) = 1[x>0]``."""
+    if out is None:
+        return (Z > 0).to(Z.dtype)
+    return out.copy_(Z > 0)
+
+
+def _tanh(Z: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.tanh(Z, out=out) if out is not None else torch.tanh(Z)
+
+
+def _tanh_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
+    """``f'(x) = sech^2(x) = 1 - L^2``."""
+    out = torch.mul(L, L, out=out) if out is not None else L * L
+    return torch.sub(1, out, out=out)
+
+
+def _sigmoid(Z: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.sigmoid(Z, out=out) if out is not None else torch.sigmoid(Z)
+
+
+def _sigmoid_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
+    """``f'(x) = L (1 - L)``."""
+    out = torch.sub(1, L, out=out) if out is not None else 1 - L
+    return out.mul_(L)
+
+
+def _linear(Z: Tensor, out: Tensor | None = None) -> Tensor:
+    return out.copy_(Z) if out is not None else Z.clone()
+
+
+def _linear_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
+    """``f'(x) = 1``."""
+    return out.fill_(1) if out is not None else torch.ones_like(Z)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (
+        Activation("tanh_relu", _tanh_relu, _tanh_relu_prime),
+        Activation("relu", _relu, _relu_prime),
+        Activation("tanh", _tanh, _tanh_prime),
+        Activation("sigmoid", _sigmoid, _sigmoid_prime),
+        Activation("linear", _linear, _linear_prime),
+    )
+}
+
+
+def get_activation(name: str) -> Activation:
+    """The activation called ``name``; a ValueError lists the accepted names."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# The network and its seeded initialisation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Network:
+    """Forward weights ``W``, biases ``b``, fixed feedback weights ``B`` (FA) and ``D`` (DFA).
+
+    Shapes and indexing in the module docstring. ``bias`` False: ``b`` holds zeros that stay zero.
+    """
+
+    W: list[Tensor]
+    b: list[Tensor]
+    B: list[Tensor | None]
+    D: list[Tensor | None]
+    activation: str = "tanh_relu"
+    bias: bool = True
+
+    @property
+    def d(self) -> int:
+        """Depth: the number of weight matrices."""
+        return len(self.W)
+
+    @property
+    def sizes(self) -> list[int]:
+        """``[n_0, ..., n_d]``."""
+        return [self.W[0].shape[0]] + [w.shape[1] for w in self.W]
+
+
+def init_network(
+    sizes: Sequence[int],
+    init_std: float,
+    *,
+    bias: bool = True,
+    activation: str = "tanh_relu",
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Network:
+    """Initial ``W``, ``b``, ``B``, ``D``, every entry ~ N(0, init_std^2) (SPEC 2).
+
+    Drawn in a fixed order -- ``W`` layer by layer, then ``b``, then ``B``, then ``D`` -- from one
+    CPU generator in float64 (then cast and moved), so the same seed gives the same initial W, B, b
+    under every rule, with or without bias, on every device. Pass ``seed`` or ``generator``.
+    """
+    sizes = [int(n) for n in sizes]
+    if len(sizes) < 2 or any(n < 1 for n in sizes):
+        raise ValueError(f"sizes must list at least two positive layer sizes, got {sizes}")
+    if not init_std > 0:
+        raise ValueError(f"init_std must be positive, got {init_std}")
+    get_activation(activation)
+    if (seed is None) == (generator is None):
+        raise ValueError("init_network needs exactly one of seed= or generator=")
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(seed))
+    d = len(sizes) - 1
+
+    def draw(*shape: int) -> Tensor:
+        x = torch.randn(*shape, generator=generator, dtype=torch.float64) * init_std
+        return x.to(device=device, dtype=dtype)
+
+    W = [draw(sizes[l], sizes[l + 1]) for l in range(d)]
+    b = [draw(sizes[l]) for l in range(1, d + 1)]
+    B = [None] + [draw(sizes[l + 1], sizes[l]) for l in range(1, d)]
+    D = [None] + [draw(sizes[d], sizes[l]) for l in range(1, d)]
+    if not bias:
+        b = [torch.zeros_like(b_l) for b_l in b]
+    return Network(W=W, b=b, B=B, D=D, activation=activation, bias=bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward pass, deltas, updates
+# --------------------------------------------------------------------------------------------
+
+
+def forward(
+    net: Network,
+    X: Tensor,
+    Z_out: Sequence[Tensor | None] | None = None,
+    L_out: Sequence[Tensor | None] | None = None,
+) -> tuple[list[Tensor | None], list[Tensor]]:
+    """Forward pass (SPEC 1): ``Z_{l+1} = L_l W_l + 1 b_{l+1}``, ``L_{l+1} = f(Z_{l+1})``, ``L_0 = X``.
+
+    Returns ``(Z, L)``, lists of length ``d+1`` with ``Z[0] = None`` and ``L[0] = X``.
+    ``Z_out``/``L_out`` (same layout) are optional buffers written in place.
+    """
+    f = get_activation(net.activation).f
+    Z: list[Tensor | None] = [None]
+    L: list[Tensor] = [X]
+    for l in range(net.d):
+        z_out = Z_out[l + 1] if Z_out is not None else None
+        l_out = L_out[l + 1] if L_out is not None else None
+        if z_out is None:
+            Z.append(torch.addmm(net.b[l], L[l], net.W[l]))
+        else:
+            Z.append(torch.addmm(net.b[l], L[l], net.W[l], out=z_out))
+        L.append(f(Z[l + 1], l_out))
+    return Z, L
+
+
+def derivatives(
+    net: Network, Z: Sequence[Tensor | None], L: Sequence[Tensor], out: Sequence[Tensor | None] | None = None
+) -> list[Tensor | None]:
+    """``f'(Z_l)`` for ``l = 1..d`` (list of length ``d+1``, entry 0 None), derived from ``L_l`` where exact."""
+    fprime = get_activation(net.activation).fprime
+    return [None] + [
+        fprime(Z[l], L[l], out[l] if out is not None else None) for l in range(1, net.d + 1)
+    ]
+
+
+def output_error(Y_star: Tensor, L_d: Tensor, out: Tensor | None = None) -> Tensor:
+    """``E = Y* - L_d`` (SPEC 1); the loss is ``0.5 * sum(E^2)``."""
+    return torch.sub(Y_star, L_d, out=out) if out is not None else Y_star - L_d
+
+
+def loss(E: Tensor) -> Tensor:
+    """``loss = 1/2 sum_ij E_ij^2``: a sum over the batch, not a mean (SPEC 1)."""
+    e = E.reshape(-1)
+    return 0.5 * torch.dot(e, e)
+
+
+def backward_deltas(
+    net: Network,
+    Z: Sequence[Tensor | None],
+    L: Sequence[Tensor],
+    E: Tensor,
+    rule: str,
+    *,
+    fprime: Sequence[Tensor | None] | None = None,
+    out: Sequence[Tensor | None] | None = None,
+) -> list[Tensor | None]:
+    """Deltas of ``rule`` (SPEC 1), a list of length ``d+1`` with ``delta[0] = None``.
+
+    - output: ``delta_d = E * f'(Z_d)``;
+    - ``bp``:  ``delta_l = (delta_{l+1} W_l^T) * f'(Z_l)``;
+    - ``fa``:  ``delta_l = (delta_{l+1} B_l)   * f'(Z_l)``  (BP-TAW, ``B_l`` fixed);
+    - ``dfa``: ``delta_l = (delta_d D_l)       * f'(Z_l)``;
+
+    for ``l = d-1..1``. ``fprime`` (from ``derivatives``) saves recomputing ``f'``; ``out``
+    buffers are written in place. ``out[d]`` may be shared between rules: ``delta_d`` is the same.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+    d = net.d
+    if fprime is None:
+        fprime = derivatives(net, Z, L)
+    delta: list[Tensor | None] = [None] * (d + 1)
+    delta[d] = _mul(E, fprime[d], out[d] if out is not None else None)
+    for l in range(d - 1, 0, -1):
+        if rule == "bp":
+            upstream, M = delta[l + 1], net.W[l].T
+        elif rule == "fa":
+            upstream, M = delta[l + 1], net.B[l]
+        else:
+            upstream, M = delta[d], net.D[l]
+        buf = out[l] if out is not None else None
+        delta[l] = (torch.mm(upstream, M, out=buf) if buf is not None else upstream @ M).mul_(fprime[l])
+    return delta
+
+
+def _mul(a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
+    return torch.mul(a, b, out=out) if out is not None else a * b
+
+
+def weight_updates(
+    net: Network,
+    L: Sequence[Tensor],
+    delta: Sequence[Tensor | None],
+    *,
+    dW_out: Sequence[Tensor] | None = None,
+    db_out: Sequence[Tensor] | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Updates without the learning rate (SPEC 1): ``dW_l = L_l^T delta_{l+1}``, ``db_{l+1} = 1^T delta_{l+1}``.
+
+    The step is ``W_l += eta * dW_l``, ``b += eta * db`` (``sgd_step_``). With bias off ``db``
+    is zero. ``dW_out``/``db_out`` are optional buffers written in place.
+    """
+    dW, db = [], []
+    for l in range(net.d):
+        if dW_out is None:
+            dW.append(L[l].T @ delta[l + 1])
+        else:
+            dW.append(torch.mm(L[l].T, delta[l + 1], out=dW_out[l]))
+        if db_out is None:
+            db.append(delta[l + 1].sum(0) if net.bias else torch.zeros_like(net.b[l]))
+        elif net.bias:
+            db.append(torch.sum(delta[l + 1], 0, out=db_out[l]))
+        else:
+            db.append(db_out[l].zero_())
+    return dW, db
+
+
+def sgd_step_(net: Network, dW: Sequence[Tensor], db: Sequence[Tensor], eta: float) -> None:
+    """Plain SGD in place (SPEC 1): ``W_l <- W_l + eta dW_l``, ``b <- b + eta db`` (bias on only)."""
+    for l in range(net.d):
+        net.W[l].add_(dW[l], alpha=eta)
+        if net.bias:
+            net.b[l].add_(db[l], alpha=eta)
