@@ -1,7 +1,7 @@
-"""Tests of the data module (SPEC section 4) on the real MNIST files."""
+"""Tests of the data module (SPEC section 4) on the real MNIST files (``mnist_root`` from conftest)."""
 
+import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -19,20 +19,6 @@ RAW_NAMES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-def _mnist_root() -> Path:
-    """The real MNIST root: env FA_MNIST_ROOT, else <repo>/../shared/data."""
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return Path(os.environ.get("FA_MNIST_ROOT", default))
-
-
-@pytest.fixture(scope="module")
-def mnist_root() -> Path:
-    root = _mnist_root()
-    if not all((root / "MNIST" / "raw" / name).is_file() for name in RAW_NAMES):
-        pytest.skip(f"real MNIST not found under {root}/MNIST/raw (set FA_MNIST_ROOT)")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +73,6 @@ def test_metadata_records_method_checksums_and_shapes(prepared, mnist_root):
     assert meta["shapes"]["X_train"] == [60000, 225]
     assert meta["train_subset"] is None and meta["test_subset"] is None
     assert meta["versions"]["fa_analysis"]
-    import hashlib
-
     labels_file = mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     assert meta["source_md5"][labels_file.name] == hashlib.md5(labels_file.read_bytes()).hexdigest()
 
