@@ -1,0 +1,388 @@
+"""Mean and sd over seeds, divergence bookkeeping and the summary table (SPEC sections 5, 8 and 9).
+
+Every figure of SPEC section 9 is drawn from the tables written here, never from single runs.
+
+Aggregated tables are *tidy*: one row per key (e.g. ``iteration``) and ``measure`` (a column name
+of the per-run table, e.g. ``angle_W_Bt_2``), with
+
+- ``mean``: the mean over the members (seeds, or open-loop repetitions) whose value is finite there,
+- ``sd``: their sample standard deviation (``ddof = 1``; NaN where ``n < 2``),
+- ``n``: how many members contributed.
+
+A diverged run is never silently dropped: its rows count until it diverged (its non-finite values
+are left out, so ``n`` falls), and ``runs.csv`` lists every run with its status, the divergence
+iteration and reason, its final test accuracy and its final angles ``∠(W_l, B_lᵀ)``.
+
+Entry points (the workflow calls these; every path argument may be a ``str`` or a ``Path``):
+
+- :func:`aggregate_condition` -- run directories of one ``{experiment}/{condition}`` -> an
+  aggregated directory (``metrics.parquet``, ``evaluation.parquet``, ``runs.csv`` and the
+  observers' tables, e.g. ``terms_lag.parquet``, ``shadow.parquet``);
+- :func:`aggregate_open_loop` -- one open-loop table -> mean and sd over repetitions;
+- :func:`summary_table` -- aggregated condition directories -> ``summary.csv`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fa_analysis import artifacts, measures
+
+PathLike = str | Path
+
+#: Columns that name the member a row belongs to: they are averaged over, never grouped by.
+MEMBER_COLUMNS = ("seed", "repetition")
+
+#: Group-by keys of the engine's own tables (docs/design.md); other tables' keys are inferred.
+METRICS_KEYS = ("iteration", "epoch")
+EVALUATION_KEYS = ("epoch", "iteration", "phase")
+
+#: Tables every run has; any other ``*.parquet`` in a run directory comes from an observer.
+ENGINE_TABLES = ("metrics", "evaluation")
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training job's artifact, read back (docs/design.md, "Run artifact")."""
+
+    path: Path
+    info: dict  # run.json
+    metrics: pd.DataFrame
+    evaluation: pd.DataFrame
+
+    @property
+    def spec(self) -> dict:
+        return self.info.get("spec", {})
+
+    @property
+    def seed(self) -> int:
+        return int(self.info.get("seed", self.spec.get("seed")))
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    @property
+    def depth(self) -> int:
+        """``d``, the number of weight matrices ``W_0..W_{d-1}``."""
+        return len(self.spec["sizes"]) - 1
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        """An observer's table ``{name}.parquet`` of this run, or None when the run has none."""
+        path = self.path / f"{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+
+def read_run(run_dir: PathLike) -> Run:
+    """Read ``run.json``, ``metrics.parquet`` and ``evaluation.parquet`` of one run directory.
+
+    Raises FileNotFoundError naming the missing file when the directory is not a finished run.
+    """
+    path = Path(run_dir)
+    info_path = path / "run.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(
+            f"{info_path} is missing: {path} is not a finished run directory "
+            "(run.json is written last; rerun the training job that makes it)"
+        )
+    info = json.loads(info_path.read_text())
+    if "sizes" not in info.get("spec", {}):
+        raise ValueError(f"{info_path}: 'spec.sizes' is missing; the run was not written by train_run")
+    tables = {}
+    for name in ENGINE_TABLES:
+        table_path = path / f"{name}.parquet"
+        if not table_path.is_file():
+            raise FileNotFoundError(f"{table_path} is missing from the run directory {path}")
+        tables[name] = pd.read_parquet(table_path)
+    return Run(path=path, info=info, **tables)
+
+
+def final_angles(run: Run) -> tuple[dict[str, float], str]:
+    """Final ``∠(W_l, B_lᵀ)`` in degrees for l = 1..d-1 and over those layers concatenated, and the source.
+
+    From ``weights.npz`` (the state after the last step, source ``"weights"``) when it holds finite
+    ``W{l}_final`` and ``B{l}``; otherwise -- no weights, or a diverged run's non-finite ones --
+    from the last metrics row where every angle is finite (the state before that step, source
+    ``"metrics@{k}"``); NaN when there is none.
+    """
+    d = run.depth
+    names = [f"angle_W_Bt_{l}" for l in range(1, d)] + ["angle_W_Bt_all"]
+    weights_path = run.path / "weights.npz"
+    if weights_path.is_file():
+        with np.load(weights_path) as weights:
+            W = {l: weights.get(f"W{l}_final") for l in range(1, d)}
+            B = {l: _first_present(weights, [f"B{l}", f"B{l}_init", f"B{l}_final"]) for l in range(1, d)}
+        if all(W[l] is not None and B[l] is not None for l in range(1, d)):
+            W_t = [torch.from_numpy(np.asarray(W[l], dtype=np.float64)) for l in range(1, d)]
+            Bt_t = [torch.from_numpy(np.asarray(B[l], dtype=np.float64)).T for l in range(1, d)]
+            angles = {f"angle_W_Bt_{l}": float(measures.angle_deg(Wl, Btl))
+                      for l, Wl, Btl in zip(range(1, d), W_t, Bt_t)}
+            angles["angle_W_Bt_all"] = float(measures.angle_deg_concat(W_t, Bt_t))
+            if all(np.isfinite(list(angles.values()))):
+                return angles, "weights"
+    metrics = run.metrics
+    present = [name for name in names if name in metrics.columns]
+    finite = metrics[np.isfinite(metrics[present]).all(axis=1)] if present else metrics.iloc[:0]
+    if not len(finite):
+        return {name: math.nan for name in names}, "none"
+    last = finite.iloc[-1]
+    angles = {name: float(last[name]) if name in last else math.nan for name in names}
+    return angles, f"metrics@{int(last['iteration'])}"
+
+
+def run_record(run: Run) -> dict:
+    """One row of ``runs.csv``: identity, status, divergence, final test accuracy and angles."""
+    spec = run.spec
+    divergence = run.info.get("divergence") or {}
+    evaluation = run.evaluation
+    finite_eval = evaluation[np.isfinite(evaluation["test_accuracy"])]
+    last_eval = finite_eval.iloc[-1] if len(finite_eval) else None
+    metrics = run.metrics
+    angles, angles_from = final_angles(run)
+    return {
+        "experiment": spec.get("experiment"),
+        "condition": spec.get("condition"),
+        "seed": run.seed,
+        "status": run.status,
+        "divergence_iteration": divergence.get("iteration"),
+        "divergence_reason": divergence.get("reason"),
+        "iterations_recorded": int(len(metrics)),
+        "final_epoch": int(last_eval["epoch"]) if last_eval is not None else None,
+        "final_test_accuracy": float(last_eval["test_accuracy"]) if last_eval is not None else math.nan,
+        "final_test_loss": float(last_eval["test_loss"]) if last_eval is not None else math.nan,
+        **angles,
+        "angles_from": angles_from,
+        "run_dir": str(run.path),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Mean and sd over members
+# ---------------------------------------------------------------------------------------------
+
+
+def infer_keys(table: pd.DataFrame) -> list[str]:
+    """Group-by keys of a per-member table: its integer, boolean and text columns except members.
+
+    Float columns are measures. Tables whose keys are floats (e.g. the β of a sweep) pass ``keys``.
+    """
+    return [
+        column
+        for column in table.columns
+        if column not in MEMBER_COLUMNS and not pd.api.types.is_float_dtype(table[column])
+    ]
+
+
+def mean_sd(
+    tables: Sequence[pd.DataFrame],
+    keys: Sequence[str] | None = None,
+    measures: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Tidy mean, sd and n over members (one table per seed or repetition), per key and measure.
+
+    Non-finite values (a diverged run's NaN / inf) are left out, so ``n`` counts the members that
+    are finite at that key. ``sd`` is the sample sd (ddof = 1), NaN where ``n < 2``.
+    Returns columns ``*keys, measure, mean, sd, n`` sorted by keys and measure.
+    """
+    if not tables:
+        raise ValueError("mean_sd needs at least one table (got none: no run or repetition to average)")
+    keys = list(infer_keys(tables[0]) if keys is None else keys)
+    if measures is None:
+        measures = [
+            column
+            for column in tables[0].columns
+            if column not in keys and column not in MEMBER_COLUMNS and pd.api.types.is_numeric_dtype(tables[0][column])
+        ]
+    measures = list(measures)
+    for i, table in enumerate(tables):
+        missing = [column for column in [*keys, *measures] if column not in table.columns]
+        if missing:
+            raise KeyError(f"table {i} lacks the columns {missing} that table 0 has")
+    long = pd.concat(
+        [table[[*keys, *measures]].melt(id_vars=keys, var_name="measure", value_name="value") for table in tables],
+        ignore_index=True,
+    )
+    long["value"] = long["value"].astype("float64")
+    long = long[np.isfinite(long["value"].to_numpy())]
+    grouped = long.groupby([*keys, "measure"], sort=True, observed=True)["value"]
+    out = grouped.agg(mean="mean", sd="std", n="count").reset_index()
+    out["n"] = out["n"].astype("int64")
+    return out
+
+
+def split_members(table: pd.DataFrame, member: str) -> list[pd.DataFrame]:
+    """Split one table holding every member (e.g. all repetitions) into one table per member."""
+    if member not in table.columns:
+        raise KeyError(f"column '{member}' is missing; the table has {list(table.columns)}")
+    return [part.drop(columns=member) for _, part in table.groupby(member, sort=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict[str, Path]:
+    """Aggregate the runs of one ``{experiment}/{condition}`` over seeds into ``out_dir``.
+
+    Writes ``metrics.parquet`` (keys iteration, epoch), ``evaluation.parquet`` (keys epoch,
+    iteration, phase), one aggregated table per observer table the runs share (``terms_lag``,
+    ``shadow``, ...; keys inferred from the column types) and ``runs.csv`` (every run, one row,
+    diverged ones included), plus ``aggregate.json`` (the runs used, code version).
+    Returns ``{name: path}`` of the files written.
+    """
+    run_dirs = [Path(p) for p in run_dirs]
+    if not run_dirs:
+        raise ValueError("aggregate_condition: run_dirs is empty (the condition has no seeds in the config)")
+    runs = [read_run(p) for p in run_dirs]
+    conditions = {(r.spec.get("experiment"), r.spec.get("condition")) for r in runs}
+    if len(conditions) > 1:
+        raise ValueError(f"aggregate_condition got runs of several conditions {sorted(map(str, conditions))}: "
+                         "aggregate one experiment/condition at a time")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    def write(name: str, table: pd.DataFrame) -> None:
+        path = out_dir / f"{name}.parquet"
+        artifacts.atomic_write_parquet(path, table)
+        written[name] = path
+
+    write("metrics", mean_sd([r.metrics for r in runs], keys=METRICS_KEYS))
+    write("evaluation", mean_sd([r.evaluation for r in runs], keys=EVALUATION_KEYS,
+                                measures=["test_accuracy", "test_loss"]))
+    observer_tables = sorted(
+        {p.stem for r in runs for p in r.path.glob("*.parquet")} - set(ENGINE_TABLES)
+    )
+    for name in observer_tables:
+        tables = [t for t in (r.table(name) for r in runs) if t is not None]
+        write(name, mean_sd(tables))
+
+    records = pd.DataFrame([run_record(r) for r in runs]).sort_values("seed", kind="stable")
+    runs_csv = out_dir / "runs.csv"
+    artifacts.atomic_write_bytes(runs_csv, records.to_csv(index=False).encode())
+    written["runs"] = runs_csv
+
+    meta = {
+        "experiment": runs[0].spec.get("experiment"),
+        "condition": runs[0].spec.get("condition"),
+        "runs": [str(r.path) for r in runs],
+        "seeds": [r.seed for r in runs],
+        "n_diverged": int(sum(r.status == "diverged" for r in runs)),
+        "observer_tables": observer_tables,
+        "statistic": "mean and sample sd (ddof=1) over the runs finite at each key; n counts them",
+        "code_version": artifacts.code_version(),
+    }
+    meta_path = out_dir / "aggregate.json"
+    artifacts.atomic_write_json(meta_path, meta)
+    written["aggregate"] = meta_path
+    return written
+
+
+def aggregate_open_loop(table_path: PathLike, out_path: PathLike | None = None,
+                        keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and sd over repetitions of one open-loop table (SPEC section 7).
+
+    ``table_path`` is ``open_loop/{scenario}.parquet`` (columns repetition, iteration, angle) or a
+    β-sweep table; keys are inferred from the column types unless given. Written to ``out_path``
+    when given.
+    """
+    table = pd.read_parquet(table_path)
+    aggregated = mean_sd(split_members(table, "repetition"), keys=keys)
+    if out_path is not None:
+        artifacts.atomic_write_parquet(Path(out_path), aggregated)
+    return aggregated
+
+
+def read_runs_csv(aggregated_dir: PathLike) -> pd.DataFrame:
+    """``runs.csv`` of one aggregated condition directory, with a clear error when missing."""
+    path = Path(aggregated_dir) / "runs.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run aggregate_condition for {Path(aggregated_dir)} first")
+    return pd.read_csv(path)
+
+
+def summary_table(aggregated_dirs: Iterable[PathLike], out_csv: PathLike, out_md: PathLike) -> pd.DataFrame:
+    """Final test accuracy and final ``∠(W_l, B_lᵀ)`` per condition, mean ± sd (SPEC section 9, item 9).
+
+    One row per ``experiment/condition`` (one aggregated directory each). Means and sds are over
+    the *completed* runs (``n_completed``); ``n_seeds`` counts every run and ``n_diverged`` the
+    diverged ones, whose own values stay visible in that condition's ``runs.csv``.
+    Writes a numeric CSV and a Markdown table (accuracy in %, angles in degrees).
+    """
+    rows = []
+    for directory in aggregated_dirs:
+        runs = read_runs_csv(directory)
+        completed = runs[runs["status"] == "completed"]
+        row = {
+            "experiment": runs["experiment"].iloc[0],
+            "condition": runs["condition"].iloc[0],
+            "n_seeds": int(len(runs)),
+            "n_completed": int(len(completed)),
+            "n_diverged": int((runs["status"] == "diverged").sum()),
+        }
+        value_columns = ["final_test_accuracy"] + [c for c in runs.columns if c.startswith("angle_W_Bt_")]
+        for column in value_columns:
+            values = completed[column].to_numpy(dtype="float64")
+            values = values[np.isfinite(values)]
+            row[f"{column}_mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{column}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    if not rows:
+        raise ValueError("summary_table: no aggregated directories given")
+    table = pd.DataFrame(rows)
+    artifacts.atomic_write_bytes(Path(out_csv), table.to_csv(index=False).encode())
+    artifacts.atomic_write_bytes(Path(out_md), summary_markdown(table).encode())
+    return table
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The summary as a Markdown table: ``mean ± sd``, accuracy in %, angles in degrees."""
+    angle_columns = [c[: -len("_mean")] for c in table.columns if c.startswith("angle_W_Bt_") and c.endswith("_mean")]
+
+    def layer_label(column: str) -> str:
+        layer = column.removeprefix("angle_W_Bt_")
+        return "∠(W, Bᵀ) all (°)" if layer == "all" else f"∠(W_{layer}, B_{layer}ᵀ) (°)"
+
+    def cell(row: Mapping, column: str, scale: float, digits: int) -> str:
+        mean, sd = row[f"{column}_mean"] * scale, row[f"{column}_sd"] * scale
+        if not np.isfinite(mean):
+            return "–"
+        return f"{mean:.{digits}f} ± {sd:.{digits}f}" if np.isfinite(sd) else f"{mean:.{digits}f}"
+
+    header = ["experiment", "condition", "seeds", "diverged", "test accuracy (%)"]
+    header += [layer_label(c) for c in angle_columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for _, row in table.iterrows():
+        cells = [str(row["experiment"]), str(row["condition"]), str(row["n_seeds"]), str(row["n_diverged"]),
+                 cell(row, "final_test_accuracy", 100.0, 1)]
+        cells += [cell(row, c, 1.0, 1) for c in angle_columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ("\nMean ± sd over the completed runs of each condition (sample sd); `diverged` runs are "
+            "excluded from the means and listed in that condition's runs.csv.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_present(archive, names: Sequence[str]):
+    for name in names:
+        if name in archive.files:
+            return archive[name]
+    return None

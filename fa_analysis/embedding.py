@@ -1,0 +1,368 @@
+"""Weight-trajectory embeddings: joint PCA with the loss landscape, and UMAP (SPEC section 8).
+
+The trajectory runs (``bp``, ``fa``, ``bp_wn``, ``fa_wn``) start from the same initial ``W, B, b``
+(one seed) and store a snapshot ``theta`` (all ``W`` then all ``b``, flattened) every few
+iterations. Here
+
+- :func:`pca_landscape` fits **one** PCA (2 components) over every method's snapshots, projects
+  each trajectory onto the PC1–PC2 plane, maps a grid of that plane back to weights with
+  ``inverse_transform`` and evaluates the summed training loss ``½ Σ ‖Y* − L_d‖²`` there on a
+  training subset (forward pass of :mod:`fa_analysis.network`, the run's own code map). The
+  feedback weights enter as reference points: for every FA-rule run, the run's initial state
+  with each ``W_l`` (l = 1..d-1) replaced by ``B_lᵀ`` (``W_0`` and the biases stay at their initial
+  values: ``B_0`` does not exist and ``B`` has no bias). That is the point the FA angles
+  ``∠(W_l, B_lᵀ)`` measure the distance to.
+- :func:`umap_embedding` embeds the same snapshots with UMAP (seeded, subsampled evenly in time).
+
+Each writes its table plus a JSON of the settings, the seeds, the runs used and the code version.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fa_analysis import artifacts, data, network
+
+PathLike = str | Path
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PCASettings:
+    """Config ``embedding`` (PCA part): grid points per axis, margin, training subset size."""
+
+    pca_grid: int = 25
+    pca_margin: float = 0.2
+    landscape_train_subset: int | None = 10_000
+
+    @classmethod
+    def from_dict(cls, settings: Mapping) -> "PCASettings":
+        known = {"pca_grid", "pca_margin", "landscape_train_subset"}
+        chosen = {key: settings[key] for key in known if key in settings}
+        out = cls(**chosen)
+        if not isinstance(out.pca_grid, int) or out.pca_grid < 2:
+            raise ValueError(f"embedding.pca_grid must be an integer >= 2, got {out.pca_grid!r}")
+        if not out.pca_margin >= 0:
+            raise ValueError(f"embedding.pca_margin must be >= 0, got {out.pca_margin!r}")
+        subset = out.landscape_train_subset
+        if subset is not None and (not isinstance(subset, int) or subset < 1):
+            raise ValueError(f"embedding.landscape_train_subset must be a positive integer or null, got {subset!r}")
+        return out
+
+
+@dataclass(frozen=True)
+class UMAPSettings:
+    """Config ``embedding.umap``: neighbours, minimum distance, seed, maximum number of points."""
+
+    n_neighbors: int = 30
+    min_dist: float = 0.3
+    seed: int = 0
+    max_points: int = 4000
+
+    @classmethod
+    def from_dict(cls, settings: Mapping) -> "UMAPSettings":
+        unknown = set(settings) - {"n_neighbors", "min_dist", "seed", "max_points"}
+        if unknown:
+            raise ValueError(f"embedding.umap has unknown keys {sorted(unknown)}; "
+                             "accepted: n_neighbors, min_dist, seed, max_points")
+        out = cls(**settings)
+        if not isinstance(out.n_neighbors, int) or out.n_neighbors < 2:
+            raise ValueError(f"embedding.umap.n_neighbors must be an integer >= 2, got {out.n_neighbors!r}")
+        if not 0 <= out.min_dist:
+            raise ValueError(f"embedding.umap.min_dist must be >= 0, got {out.min_dist!r}")
+        if not isinstance(out.max_points, int) or out.max_points < 2:
+            raise ValueError(f"embedding.umap.max_points must be an integer >= 2, got {out.max_points!r}")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """The snapshots of one trajectory run."""
+
+    method: str  # the condition name, e.g. "fa_wn"
+    path: Path
+    info: dict  # run.json
+    iterations: np.ndarray  # (S,)
+    theta: np.ndarray  # (S, P) float32: all W then all b, flattened
+
+    @property
+    def spec(self) -> dict:
+        return self.info["spec"]
+
+
+def read_trajectory(method: str, run_dir: PathLike) -> Trajectory:
+    """Read ``run.json`` and ``snapshots.npz`` of one trajectory run; errors name the missing file."""
+    path = Path(run_dir)
+    info_path, snapshots_path = path / "run.json", path / "snapshots.npz"
+    for required in (info_path, snapshots_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} is missing: {path} is not a finished trajectory run with "
+                                    "snapshots (training.snapshot_every must be > 0 for the trajectory runs)")
+    info = json.loads(info_path.read_text())
+    with np.load(snapshots_path) as snapshots:
+        iterations, theta = snapshots["iterations"], snapshots["theta"]
+    if theta.ndim != 2 or len(theta) != len(iterations) or len(theta) < 1:
+        raise ValueError(f"{snapshots_path}: theta has shape {theta.shape} for {len(iterations)} iterations")
+    return Trajectory(method=method, path=path, info=info, iterations=iterations, theta=theta)
+
+
+def read_trajectories(run_dirs: Mapping[str, PathLike]) -> list[Trajectory]:
+    """Read every method's run and check that they share the seed and the parameter layout."""
+    if not run_dirs:
+        raise ValueError("no trajectory runs given (config experiments.trajectory.conditions is empty)")
+    trajectories = [read_trajectory(method, path) for method, path in run_dirs.items()]
+    seeds = {t.method: t.info.get("seed", t.spec.get("seed")) for t in trajectories}
+    if len(set(seeds.values())) != 1:
+        raise ValueError(f"trajectory runs must share one seed (same initial W, B, b), got {seeds}")
+    sizes = {t.method: tuple(t.spec["sizes"]) for t in trajectories}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"trajectory runs must share the network sizes, got {sizes}")
+    widths = {t.method: t.theta.shape[1] for t in trajectories}
+    if len(set(widths.values())) != 1:
+        raise ValueError(f"snapshots have different parameter counts {widths}")
+    return trajectories
+
+
+def theta_layout(sizes: Sequence[int]) -> list[tuple[str, int, tuple[int, ...]]]:
+    """``(name, start, shape)`` of every block of theta: ``W_0..W_{d-1}`` then ``b_1..b_d``."""
+    layout, start = [], 0
+    for l in range(len(sizes) - 1):
+        shape = (sizes[l], sizes[l + 1])
+        layout.append((f"W{l}", start, shape))
+        start += shape[0] * shape[1]
+    for l in range(1, len(sizes)):
+        layout.append((f"b{l}", start, (sizes[l],)))
+        start += sizes[l]
+    return layout
+
+
+def unpack_theta(theta: np.ndarray | torch.Tensor, sizes: Sequence[int]) -> tuple[list, list]:
+    """Split a flat theta into ``W`` (list of d, ``W[l]`` of shape (n_l, n_{l+1})) and ``b`` (``b[l-1]`` = b_l)."""
+    theta = torch.as_tensor(theta)
+    layout = theta_layout(sizes)
+    expected = layout[-1][1] + layout[-1][2][0]
+    if theta.shape[-1] != expected:
+        raise ValueError(f"theta has {theta.shape[-1]} entries, sizes {list(sizes)} need {expected}")
+    blocks = {name: theta[start:start + int(np.prod(shape))].reshape(shape) for name, start, shape in layout}
+    d = len(sizes) - 1
+    return [blocks[f"W{l}"] for l in range(d)], [blocks[f"b{l}"] for l in range(1, d + 1)]
+
+
+def feedback_reference(trajectory: Trajectory) -> np.ndarray | None:
+    """Theta of B's reference point: the run's first snapshot with ``W_l`` := ``B_lᵀ`` for l = 1..d-1.
+
+    None for runs whose rule does not use B (BP). ``B`` comes from the run's ``weights.npz``.
+    """
+    if trajectory.spec.get("rule") != "fa":
+        return None
+    sizes = trajectory.spec["sizes"]
+    B = read_feedback_weights(trajectory.path, len(sizes) - 1)
+    reference = trajectory.theta[0].astype(np.float64).copy()
+    for name, start, shape in theta_layout(sizes):
+        if name.startswith("W") and int(name[1:]) >= 1:
+            l = int(name[1:])
+            reference[start:start + shape[0] * shape[1]] = B[l].T.reshape(-1)
+    return reference
+
+
+def read_feedback_weights(run_dir: PathLike, d: int) -> dict[int, np.ndarray]:
+    """``{l: B_l}`` for l = 1..d-1 from a run's ``weights.npz`` (``B_l`` of shape (n_{l+1}, n_l))."""
+    path = Path(run_dir) / "weights.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the trajectory run did not store its weights")
+    with np.load(path) as weights:
+        B = {}
+        for l in range(1, d):
+            name = next((n for n in (f"B{l}", f"B{l}_init", f"B{l}_final") if n in weights.files), None)
+            if name is None:
+                raise KeyError(f"{path} has no B{l} (looked for B{l}, B{l}_init, B{l}_final; has {weights.files})")
+            B[l] = np.asarray(weights[name], dtype=np.float64)
+    return B
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss landscape
+# ---------------------------------------------------------------------------------------------
+
+
+def summed_loss(theta: torch.Tensor, sizes: Sequence[int], activation: str, X: torch.Tensor,
+                Y_star: torch.Tensor) -> float:
+    """``loss = ½ Σ_ij (Y* − L_d)²_ij`` of the network whose weights are ``theta`` (SPEC section 1)."""
+    W, b = unpack_theta(theta.to(X.dtype), sizes)
+    d = len(W)
+    net = network.Network(W=W, b=b, B=[None] * d, D=[None] * d, activation=activation)
+    _, L = network.forward(net, X)
+    return float(network.loss(network.output_error(Y_star, L[d])))
+
+
+def landscape_data(trajectory: Trajectory, dataset_path: PathLike, subset: int | None,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training inputs ``X`` (first ``subset`` images) and targets ``Y*`` from the run's code map.
+
+    The code map is the one the run trained with in its first phase (``data.phase_codes`` with the
+    run's seed and targets), the labels the true training labels.
+    """
+    prepared = data.load_prepared(dataset_path)
+    n = len(prepared.y_train) if subset is None else min(int(subset), len(prepared.y_train))
+    seed = int(trajectory.info.get("seed", trajectory.spec.get("seed")))
+    codes = data.phase_codes(trajectory.spec.get("targets", "five_hot"), seed, 0)
+    X = prepared.X_train[:n].to(dtype)
+    Y_star = codes[prepared.y_train[:n]].to(dtype)
+    return X, Y_star
+
+
+def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_npz: PathLike,
+                  out_json: PathLike, settings: Mapping | None = None) -> dict:
+    """Joint PCA of the trajectories with the loss landscape of the PC1–PC2 plane (SPEC section 8).
+
+    ``run_dirs`` maps method (condition) -> trajectory run directory; ``dataset_path`` is the
+    prepared dataset (``data/mnist15.npz``); ``settings`` is config ``embedding`` (pca_grid,
+    pca_margin, landscape_train_subset). The grid spans the projected trajectories and reference
+    points plus ``pca_margin`` of that range on every side.
+
+    Writes ``out_npz`` with ``methods``, ``point_method`` (index into methods), ``point_iteration``,
+    ``points`` (N, 2), ``reference_labels``, ``reference_points`` (R, 2), ``grid_pc1`` (G,),
+    ``grid_pc2`` (G,), ``loss`` (G, G; row i is ``grid_pc2[i]``), ``explained_variance_ratio`` (2,),
+    ``components`` (2, P), ``mean`` (P,), and ``out_json`` with the settings, runs, seed,
+    explained variance and code version. Returns the JSON dict.
+    """
+    from sklearn.decomposition import PCA
+
+    s = PCASettings.from_dict(settings or {})
+    started = time.perf_counter()
+    trajectories = read_trajectories(run_dirs)
+    theta = np.concatenate([t.theta for t in trajectories]).astype(np.float64)
+    pca = PCA(n_components=2, svd_solver="full").fit(theta)
+    points = pca.transform(theta)
+    point_method = np.concatenate([np.full(len(t.theta), i) for i, t in enumerate(trajectories)])
+    point_iteration = np.concatenate([t.iterations for t in trajectories])
+
+    references = [(f"B ({t.method})", ref) for t in trajectories if (ref := feedback_reference(t)) is not None]
+    reference_points = pca.transform(np.stack([r for _, r in references])) if references else np.zeros((0, 2))
+
+    extent = np.concatenate([points, reference_points])
+    low, high = extent.min(axis=0), extent.max(axis=0)
+    span = np.maximum(high - low, 1e-12)
+    grid = [np.linspace(low[i] - s.pca_margin * span[i], high[i] + s.pca_margin * span[i], s.pca_grid)
+            for i in range(2)]
+
+    first = trajectories[0]
+    sizes, activation = first.spec["sizes"], first.spec.get("activation", "tanh_relu")
+    dtype = getattr(torch, first.spec.get("dtype", "float32"))
+    X, Y_star = landscape_data(first, dataset_path, s.landscape_train_subset, dtype)
+    loss = np.empty((s.pca_grid, s.pca_grid))
+    for i, pc2 in enumerate(grid[1]):
+        plane = np.stack([grid[0], np.full(s.pca_grid, pc2)], axis=1)
+        thetas = torch.from_numpy(pca.inverse_transform(plane))
+        for j in range(s.pca_grid):
+            loss[i, j] = summed_loss(thetas[j], sizes, activation, X, Y_star)
+
+    out_npz, out_json = Path(out_npz), Path(out_json)
+    artifacts.atomic_write_npz(
+        out_npz,
+        methods=np.array([t.method for t in trajectories]),
+        point_method=point_method,
+        point_iteration=point_iteration,
+        points=points,
+        reference_labels=np.array([label for label, _ in references], dtype=str),
+        reference_points=reference_points,
+        grid_pc1=grid[0],
+        grid_pc2=grid[1],
+        loss=loss,
+        explained_variance_ratio=pca.explained_variance_ratio_,
+        components=pca.components_.astype(np.float32),
+        mean=pca.mean_.astype(np.float32),
+    )
+    meta = {
+        "what": "joint PCA (2 components) of the trajectory snapshots with the summed training loss "
+                "on the PC1-PC2 plane (grid mapped back with inverse_transform)",
+        "settings": asdict(s),
+        "landscape_images": int(len(X)),
+        "loss": "0.5 * sum over the subset of ||Y* - L_d||^2 (summed, not averaged)",
+        "code_map": "data.phase_codes(targets, seed, phase=0) of the trajectory seed",
+        "reference_points": "for each FA run: its first snapshot with W_l := B_l^T for l >= 1 "
+                            "(W_0 and the biases stay at their initial values)",
+        "methods": [t.method for t in trajectories],
+        "runs": {t.method: str(t.path) for t in trajectories},
+        "seed": int(first.info.get("seed", first.spec.get("seed"))),
+        "snapshots": {t.method: int(len(t.theta)) for t in trajectories},
+        "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
+        "dataset": str(dataset_path),
+        "seconds": time.perf_counter() - started,
+        "code_version": artifacts.code_version(),
+    }
+    artifacts.atomic_write_json(out_json, meta)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# UMAP
+# ---------------------------------------------------------------------------------------------
+
+
+def subsample_indices(n: int, k: int) -> np.ndarray:
+    """At most ``k`` indices of ``0..n-1`` evenly spaced in time, always the first and the last."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
+
+
+def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_json: PathLike,
+                   settings: Mapping | None = None) -> pd.DataFrame:
+    """UMAP (2-D) of the trajectory snapshots of every method together (SPEC section 8).
+
+    ``settings`` is config ``embedding.umap`` (n_neighbors, min_dist, seed, max_points). Each method
+    keeps at most ``max_points / (number of methods)`` snapshots, evenly spaced in time (first and
+    last always in). UMAP runs with ``random_state = seed`` (deterministic, single-threaded).
+    Writes ``out_parquet`` (columns method, iteration, umap_1, umap_2) and ``out_json``.
+    """
+    import umap
+
+    s = UMAPSettings.from_dict(settings or {})
+    started = time.perf_counter()
+    trajectories = read_trajectories(run_dirs)
+    per_method = max(2, s.max_points // len(trajectories))
+    kept = [subsample_indices(len(t.theta), per_method) for t in trajectories]
+    theta = np.concatenate([t.theta[idx] for t, idx in zip(trajectories, kept)]).astype(np.float32)
+    n_neighbors = min(s.n_neighbors, len(theta) - 1)
+    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=s.min_dist, random_state=s.seed,
+                        n_jobs=1)
+    embedded = reducer.fit_transform(theta)
+    table = pd.DataFrame({
+        "method": np.concatenate([[t.method] * len(idx) for t, idx in zip(trajectories, kept)]),
+        "iteration": np.concatenate([t.iterations[idx] for t, idx in zip(trajectories, kept)]).astype("int64"),
+        "umap_1": embedded[:, 0].astype(np.float64),
+        "umap_2": embedded[:, 1].astype(np.float64),
+    })
+    artifacts.atomic_write_parquet(Path(out_parquet), table)
+    meta = {
+        "what": "UMAP (2-D) of the trajectory snapshots of all methods together",
+        "settings": asdict(s),
+        "n_neighbors_used": int(n_neighbors),
+        "points_per_method": {t.method: int(len(idx)) for t, idx in zip(trajectories, kept)},
+        "methods": [t.method for t in trajectories],
+        "runs": {t.method: str(t.path) for t in trajectories},
+        "seed": s.seed,
+        "run_seed": int(trajectories[0].info.get("seed", trajectories[0].spec.get("seed"))),
+        "seconds": time.perf_counter() - started,
+        "code_version": artifacts.code_version(),
+    }
+    artifacts.atomic_write_json(Path(out_json), meta)
+    return table

@@ -1,0 +1,502 @@
+"""Every figure of SPEC section 9, drawn from aggregated results (mean ± sd shading over seeds).
+
+One public ``plot_*`` function per figure name of the output layout; each takes the paths of the
+aggregated tables it needs, an output stem (``figures/{name}``, no suffix) and the formats
+(config ``figures.formats``), writes ``{stem}.{format}`` atomically and returns the paths.
+
+Conventions shared by every figure:
+
+- one colour per condition everywhere (:data:`PALETTE`), one per open-loop scenario, alignment-term
+  variant and shadow series (:data:`SCENARIO_COLORS`, :data:`VARIANT_COLORS`, :data:`SERIES_COLORS`);
+- layers as panels, titled with the matrix they concern (``W_l``);
+- a line is the mean over seeds (or open-loop repetitions), the band around it mean ± sd
+  (sample sd, see :mod:`fa_analysis.aggregate`); a band needs at least two seeds;
+- angles in degrees with a dotted line at 90° (no alignment), time in iterations (minibatches)
+  or epochs as the axis says.
+
+Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from fa_analysis import aggregate  # noqa: E402
+
+PathLike = str | Path
+
+#: The figure names of the output layout (``figures/{name}.{format}``).
+FIGURE_NAMES = (
+    "open_loop", "open_loop_beta", "angle_W_Bt", "accuracy_loss", "alignment_terms_lag",
+    "alignment_terms_time", "update_angle", "shadow_linearised", "shadow_random_b",
+    "trajectory_pca", "trajectory_umap", "label_noise", "label_change",
+)
+
+#: One colour per learning condition, the same in every figure (Okabe-Ito, colour-blind safe):
+#: BP in blues, FA in oranges / reds / purple.
+PALETTE = {
+    "bp": "#0072B2",
+    "bp_wn": "#56B4E9",
+    "fa": "#E69F00",
+    "fa_wn": "#D55E00",
+    "fa_wn_noibn": "#CC79A7",
+}
+CONDITION_LABELS = {
+    "bp": "BP",
+    "bp_wn": "BP + WN",
+    "fa": "FA",
+    "fa_wn": "FA + WN (IBN)",
+    "fa_wn_noibn": "FA + WN, no IBN",
+}
+#: Open-loop scenarios (SPEC section 7).
+SCENARIO_COLORS = {"auto": "#009E73", "cross": "#882255", "both": "#332288", "none": "#7F7F7F"}
+SCENARIO_LABELS = {
+    "auto": "auto-correlated (L₀, δ₂ fixed)",
+    "cross": "cross-correlated (L₀ = δ₂ fresh)",
+    "both": "both (L₀ = δ₂ fixed)",
+    "none": "none (fresh, independent)",
+}
+#: Alignment-term variants (SPEC section 6): minibatch order and labels of the FA runs.
+VARIANT_COLORS = {"fixed": "#009E73", "reshuffle": "#882255", "wrong_labels": "#7F7F7F"}
+VARIANT_LABELS = {"fixed": "fixed order", "reshuffle": "reshuffled each epoch", "wrong_labels": "100 % wrong labels"}
+#: Shadow-weight series (SPEC section 6); the real run is FA and keeps FA's colour.
+SERIES_COLORS = {"real": PALETTE["fa"], "linearised": "#117733", "random_b": "#332288", "random_b_vs_B": "#999999"}
+#: The reference point(s) of the trajectory embedding.
+REFERENCE_COLOR = "#000000"
+
+ANGLE_LABEL = "angle (degrees)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (tested on their own)
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Causal moving average: ``y[i]`` is the mean of the finite ``x[j]`` for ``i-window < j <= i``.
+
+    The first points average over what exists (``y[0] = x[0]``); no point sees the future,
+    so a step at ``i`` changes only ``y[i:]``. NaN where the window holds no finite value.
+    """
+    if window < 1:
+        raise ValueError(f"moving-average window must be >= 1 (config figures.moving_average), got {window}")
+    x = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(x)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, x, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    upper = np.arange(1, len(x) + 1)
+    lower = np.maximum(upper - window, 0)
+    total, count = sums[upper] - sums[lower], counts[upper] - counts[lower]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot_mean_sd(ax, x, mean, sd, *, color, label=None, linestyle="-", alpha=0.22,
+                 linewidth=1.4) -> tuple[Line2D, PolyCollection]:
+    """Draw the mean as a line and mean ± sd as a band of the same colour; return (line, band)."""
+    x, mean, sd = (np.asarray(a, dtype=np.float64) for a in (x, mean, sd))
+    (line,) = ax.plot(x, mean, color=color, label=label, linestyle=linestyle, linewidth=linewidth)
+    band = ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=alpha, linewidth=0, rasterized=True)
+    return line, band
+
+
+def measure_curve(table: pd.DataFrame, measure: str, x: str = "iteration", **where) -> pd.DataFrame:
+    """Rows of a tidy aggregated table for one measure (and key values ``where``), sorted by ``x``."""
+    if "measure" not in table.columns:
+        raise KeyError(f"not an aggregated table (no 'measure' column): columns {list(table.columns)}")
+    selected = table[table["measure"] == measure]
+    for key, value in where.items():
+        selected = selected[selected[key] == value]
+    if selected.empty:
+        available = sorted(table["measure"].unique())
+        raise KeyError(f"measure '{measure}' with {where or 'no filter'} is not in the table; "
+                       f"it has {available[:12]}{' ...' if len(available) > 12 else ''}")
+    return selected.sort_values(x, kind="stable")
+
+
+def save_figure(fig, out_stem: PathLike, formats: Sequence[str]) -> list[Path]:
+    """Write ``{out_stem}.{format}`` for every format, each atomically (temp file + rename)."""
+    if not formats:
+        raise ValueError("no figure format given (config figures.formats, e.g. [png, pdf])")
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_stem.with_name(f"{out_stem.name}.{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{fmt}", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def read_table(directory: PathLike, name: str) -> pd.DataFrame:
+    """``{directory}/{name}.parquet`` with an error naming the path and the step that makes it."""
+    path = Path(directory) / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: aggregate that condition first (aggregate_condition)")
+    return pd.read_parquet(path)
+
+
+def _style():
+    sns.set_theme(context="paper", style="ticks", font_scale=1.05)
+    plt.rcParams.update({"axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+                         "pdf.fonttype": 42, "savefig.dpi": 150})
+
+
+def _panels(n: int, *, ncols: int | None = None, width: float = 3.2, height: float = 2.7,
+            sharex=True, sharey=True):
+    _style()
+    ncols = ncols or n
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.5),
+                             sharex=sharex, sharey=sharey, squeeze=False, constrained_layout=True)
+    for ax in axes.ravel()[n:]:
+        ax.remove()
+    return fig, axes.ravel()[:n]
+
+
+def _layers(table: pd.DataFrame, prefix: str) -> list[int]:
+    """The layer indices ``l`` of measures named ``{prefix}{l}`` in a tidy table, sorted."""
+    layers = []
+    for name in table["measure"].unique():
+        suffix = str(name).removeprefix(prefix)
+        if str(name).startswith(prefix) and suffix.isdigit():
+            layers.append(int(suffix))
+    if not layers:
+        raise KeyError(f"no measure named '{prefix}<layer>' in the table")
+    return sorted(layers)
+
+
+def _legend_below(fig, axes, ncol: int | None = None, handles=None, labels=None):
+    if handles is None:
+        handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 5))
+
+
+def _chance_line(ax, y: float = 90.0):
+    ax.axhline(y, color="0.5", linestyle=":", linewidth=0.9, zorder=0)
+
+
+def _condition_label(condition: str) -> str:
+    return CONDITION_LABELS.get(condition, condition)
+
+
+def _condition_color(condition: str) -> str:
+    if condition not in PALETTE:
+        raise KeyError(f"no colour for condition '{condition}'; add it to figures.PALETTE (has {list(PALETTE)})")
+    return PALETTE[condition]
+
+
+def _per_layer_conditions(aggregated: Mapping[str, PathLike], prefix: str):
+    """Metrics of every condition and the layers ``l`` that all of them have a ``{prefix}{l}`` for."""
+    tables = {condition: read_table(directory, "metrics") for condition, directory in aggregated.items()}
+    layers = sorted(set.intersection(*(set(_layers(t, prefix)) for t in tables.values())))
+    return tables, layers
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC 9.1: open loop
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_open_loop(scenario_tables: Mapping[str, PathLike], out_stem: PathLike,
+                   formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """∠(W_1, B_1ᵀ) vs iteration for the open-loop scenarios, mean ± sd over repetitions (paper Fig 3).
+
+    ``scenario_tables`` maps scenario name -> ``open_loop/{scenario}.parquet``
+    (columns repetition, iteration, angle).
+    """
+    fig, (ax,) = _panels(1, width=5.6, height=3.4)
+    for scenario, path in scenario_tables.items():
+        curve = mean_over_repetitions(pd.read_parquet(path), keys=["iteration"]).sort_values("iteration")
+        n = int(curve["n"].max())
+        plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"],
+                     color=SCENARIO_COLORS.get(scenario, "black"),
+                     label=f"{SCENARIO_LABELS.get(scenario, scenario)}")
+    _chance_line(ax)
+    ax.set(xlabel="iteration", ylabel=r"$\angle(W_1, B_1^\top)$ (degrees)",
+           title=f"Open loop 20-100-20: alignment of $W_1$ with $B_1^\\top$ (mean ± sd, {n} repetitions)")
+    ax.legend(loc="lower left")
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_open_loop_beta(sweep_tables: Mapping[bool, PathLike], out_stem: PathLike,
+                        formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """The β sweep of the open loop: final ∠(W_1, B_1ᵀ) vs β, without and with WN, and its time courses.
+
+    ``sweep_tables`` maps wn (False / True) -> ``open_loop/beta_wn{0,1}.parquet`` (columns beta,
+    repetition, iteration, angle). β sets the autocorrelation of the imposed error,
+    ``δ₂[k] = β δ₂[k−1] + (1−β) ξ[k]``. Error bars and bands: sd over repetitions.
+    """
+    sweeps = {bool(wn): pd.read_parquet(path) for wn, path in sweep_tables.items()}
+    fig, axes = _panels(1 + len(sweeps), width=3.6, height=3.0, sharex=False, sharey=True)
+    wn_colors = {False: PALETTE["fa"], True: PALETTE["fa_wn"]}
+    wn_labels = {False: "no WN", True: "WN (γ = 1)"}
+    betas = sorted(set().union(*(set(t["beta"].unique()) for t in sweeps.values())))
+    beta_colors = dict(zip(betas, sns.color_palette("viridis", len(betas))))
+    for panel, (wn, table) in enumerate(sorted(sweeps.items()), start=1):
+        aggregated = mean_over_repetitions(table, keys=["beta", "iteration"])
+        final = aggregated[aggregated["iteration"] == aggregated["iteration"].max()].sort_values("beta")
+        axes[0].errorbar(final["beta"], final["mean"], yerr=final["sd"].fillna(0), color=wn_colors[wn],
+                         marker="o", markersize=4, capsize=3, linewidth=1.4, label=wn_labels[wn])
+        for beta in betas:
+            curve = aggregated[aggregated["beta"] == beta].sort_values("iteration")
+            plot_mean_sd(axes[panel], curve["iteration"], curve["mean"], curve["sd"], color=beta_colors[beta],
+                         label=f"β = {beta:g}", alpha=0.12)
+        _chance_line(axes[panel])
+        axes[panel].set(xlabel="iteration", title=f"Time course, {wn_labels[wn]}")
+        axes[panel].legend(loc="lower left", ncol=2, fontsize="small")
+    _chance_line(axes[0])
+    axes[0].set(xlabel=r"$\beta$ (autocorrelation of $\delta_2$)", ylabel=r"$\angle(W_1, B_1^\top)$ (degrees)",
+                title=r"Final angle vs $\beta$")
+    axes[0].legend(loc="lower left")
+    fig.suptitle("Open loop with graded error autocorrelation (mean ± sd over repetitions)")
+    return save_figure(fig, out_stem, formats)
+
+
+def mean_over_repetitions(table: pd.DataFrame, keys: Sequence[str], measure: str = "angle") -> pd.DataFrame:
+    """Mean, sd, n of ``measure`` over the ``repetition`` column, per ``keys`` (open-loop tables)."""
+    aggregated = aggregate.mean_sd(aggregate.split_members(table, "repetition"), keys=keys, measures=[measure])
+    return aggregated.drop(columns="measure")
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC 9.2, 9.3, 9.5: MNIST main runs
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_angle_W_Bt(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                    formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """∠(W_l, B_lᵀ) vs iteration per layer l = 1..d-1, one line per condition (paper Fig 4).
+
+    ``aggregated`` maps condition -> aggregated directory (``aggregated/main/{condition}``).
+    """
+    tables, layers = _per_layer_conditions(aggregated, "angle_W_Bt_")
+    fig, axes = _panels(len(layers))
+    for ax, l in zip(axes, layers):
+        for condition, table in tables.items():
+            curve = measure_curve(table, f"angle_W_Bt_{l}")
+            plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"],
+                         color=_condition_color(condition), label=_condition_label(condition))
+        _chance_line(ax)
+        ax.set(title=f"$W_{l}$ vs $B_{l}^\\top$", xlabel="iteration")
+    axes[0].set_ylabel(r"$\angle(W_l, B_l^\top)$ (degrees)")
+    _legend_below(fig, axes)
+    fig.suptitle("Alignment of forward weights with the feedback weights (mean ± sd over seeds)")
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_accuracy_loss(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                       formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Test accuracy and test loss vs epoch, one line per condition (paper Figs 5 and 6)."""
+    fig, (ax_acc, ax_loss) = _panels(2, width=4.4, height=3.2, sharey=False)
+    for condition, directory in aggregated.items():
+        evaluation = read_table(directory, "evaluation")
+        color, label = _condition_color(condition), _condition_label(condition)
+        accuracy = measure_curve(evaluation, "test_accuracy", x="epoch")
+        plot_mean_sd(ax_acc, accuracy["epoch"], 100 * accuracy["mean"], 100 * accuracy["sd"],
+                     color=color, label=label)
+        loss = measure_curve(evaluation, "test_loss", x="epoch")
+        plot_mean_sd(ax_loss, loss["epoch"], loss["mean"], loss["sd"], color=color, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    ax_loss.set(xlabel="epoch", ylabel=r"test loss per image, $\frac{1}{2}\|Y^* - Y\|^2$", title="Test loss")
+    ax_loss.set_yscale("log")
+    _legend_below(fig, [ax_acc])
+    fig.suptitle("MNIST 15×15, 225-50-50-50-50-50 (mean ± sd over seeds)")
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_update_angle(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                      formats: Sequence[str] = ("png", "pdf"), window: int = 60) -> list[Path]:
+    """∠(ΔW_l^FA, ΔW_l^BP) vs iteration per layer l = 0..d-1 (paper Fig 8), causal moving average.
+
+    Both updates are computed on the same minibatch and state before each step. The mean and
+    the across-seed sd are each passed through a causal moving average of ``window`` iterations
+    (config ``figures.moving_average``; the first points average over what exists), so the band
+    shows the typical seed-to-seed spread of the per-iteration angle.
+    """
+    tables, layers = _per_layer_conditions(aggregated, "angle_dWfa_dWbp_")
+    fig, axes = _panels(len(layers), ncols=min(len(layers), 5), width=2.9)
+    for ax, l in zip(axes, layers):
+        for condition, table in tables.items():
+            curve = measure_curve(table, f"angle_dWfa_dWbp_{l}")
+            plot_mean_sd(ax, curve["iteration"], causal_moving_average(curve["mean"].to_numpy(), window),
+                         causal_moving_average(curve["sd"].to_numpy(), window),
+                         color=_condition_color(condition), label=_condition_label(condition))
+        _chance_line(ax)
+        ax.set(title=f"$\\Delta W_{l}$", xlabel="iteration")
+    axes[0].set_ylabel(r"$\angle(\Delta W_l^{FA}, \Delta W_l^{BP})$ (degrees)")
+    _legend_below(fig, axes)
+    fig.suptitle(f"Angle between FA and BP updates on the same minibatch "
+                 f"(causal moving average over {window} iterations; mean ± sd over seeds)")
+    return save_figure(fig, out_stem, formats)
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC 9.7: weight trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Trajectories on the joint PC1–PC2 plane over the loss landscape of that plane (SPEC section 8).
+
+    ``pca_npz`` is ``embedding/trajectory_pca.npz`` (:func:`fa_analysis.embedding.pca_landscape`).
+    Filled contours: summed training loss at the weights the plane's points map back to (log
+    colour scale); lines: each method's snapshots (circle = first, square = last); crosses: B's
+    reference points (the initial state with ``W_l := B_lᵀ``).
+    """
+    with np.load(pca_npz) as npz:
+        data = {name: npz[name] for name in npz.files}
+    _style()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    loss = data["loss"]
+    positive = loss[np.isfinite(loss) & (loss > 0)]
+    if len(positive) and positive.max() > positive.min():
+        levels, norm = np.geomspace(positive.min(), positive.max(), 16), matplotlib.colors.LogNorm()
+    else:  # a flat landscape: linear levels
+        levels, norm = None, None
+    contour = ax.contourf(data["grid_pc1"], data["grid_pc2"], np.where(loss > 0, loss, np.nan), levels=levels,
+                          cmap="Greys", norm=norm)
+    ax.contour(data["grid_pc1"], data["grid_pc2"], loss, levels=contour.levels, colors="0.55", linewidths=0.3)
+    fig.colorbar(contour, ax=ax, label="summed training loss on the plane (log scale)", format="%.3g")
+    for index, method in enumerate(data["methods"]):
+        points = data["points"][data["point_method"] == index]
+        color, label = _condition_color(str(method)), _condition_label(str(method))
+        ax.plot(points[:, 0], points[:, 1], color=color, linewidth=1.6, label=label)
+        ax.plot(*points[0], marker="o", color=color, markersize=6, markeredgecolor="white")
+        ax.plot(*points[-1], marker="s", color=color, markersize=6, markeredgecolor="white")
+    for label, point in zip(data["reference_labels"], data["reference_points"]):
+        method = str(label).removeprefix("B (").removesuffix(")")
+        ax.plot(*point, marker="X", markersize=10, color=PALETTE.get(method, REFERENCE_COLOR),
+                markeredgecolor=REFERENCE_COLOR, linestyle="none", label=f"B reference ({_condition_label(method)})")
+    ratio = data["explained_variance_ratio"]
+    ax.set(xlabel=f"PC1 ({100 * ratio[0]:.1f} % of variance)", ylabel=f"PC2 ({100 * ratio[1]:.1f} % of variance)",
+           title="Weight trajectories on the joint PCA plane (○ start, □ end)")
+    ax.legend(loc="best", fontsize="small", framealpha=0.8, frameon=True)
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_trajectory_umap(umap_parquet: PathLike, out_stem: PathLike,
+                         formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """UMAP of the trajectory snapshots of every method (SPEC section 8); start ○, end □."""
+    table = pd.read_parquet(umap_parquet)
+    _style()
+    fig, ax = plt.subplots(figsize=(6.0, 5.0), constrained_layout=True)
+    for method, points in table.groupby("method", sort=False):
+        points = points.sort_values("iteration")
+        color, label = _condition_color(str(method)), _condition_label(str(method))
+        ax.plot(points["umap_1"], points["umap_2"], color=color, linewidth=0.6, alpha=0.6)
+        ax.scatter(points["umap_1"], points["umap_2"], color=color, s=5, label=label, rasterized=True)
+        first, last = points.iloc[0], points.iloc[-1]
+        ax.plot(first["umap_1"], first["umap_2"], marker="o", color=color, markersize=7, markeredgecolor="black")
+        ax.plot(last["umap_1"], last["umap_2"], marker="s", color=color, markersize=7, markeredgecolor="black")
+    ax.set(xlabel="UMAP 1", ylabel="UMAP 2", title="UMAP of the weight trajectories (○ start, □ end)")
+    ax.legend(loc="best", markerscale=3)
+    return save_figure(fig, out_stem, formats)
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC 9.8: label noise and label change
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_label_noise(aggregated: Mapping[int, PathLike], out_stem: PathLike,
+                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Final test accuracy and final ∠(W_l, B_lᵀ) vs the label-noise level p (SPEC section 8).
+
+    ``aggregated`` maps p (percent of training labels replaced) -> ``aggregated/label_noise/fa_p{p}``.
+    Points are means over the completed seeds with sd error bars (from each level's runs.csv).
+    """
+    rows = []
+    for level, directory in aggregated.items():
+        runs = aggregate.read_runs_csv(directory)
+        runs = runs[runs["status"] == "completed"].assign(level=float(level))
+        rows.append(runs)
+    runs = pd.concat(rows, ignore_index=True)
+    layers = sorted(int(c.removeprefix("angle_W_Bt_")) for c in runs.columns
+                    if c.startswith("angle_W_Bt_") and c.removeprefix("angle_W_Bt_").isdigit())
+    fig, axes = _panels(1 + len(layers), width=2.7, height=2.8, sharey=False)
+    for ax in axes[2:]:
+        ax.sharey(axes[1])  # the angle panels share a scale; accuracy has its own
+    color = PALETTE["fa"]
+
+    def errorbars(ax, column, scale=1.0):
+        stats = runs.groupby("level")[column].agg(["mean", "std", "count"]).reset_index()
+        ax.errorbar(stats["level"], scale * stats["mean"], yerr=scale * stats["std"].fillna(0),
+                    color=color, marker="o", markersize=4, capsize=3, linewidth=1.4)
+        return stats
+
+    stats = errorbars(axes[0], "final_test_accuracy", 100.0)
+    axes[0].axhline(10, color="0.5", linestyle=":", linewidth=0.9)
+    axes[0].set(xlabel="label noise p (%)", ylabel="final test accuracy (%)", title="Test accuracy")
+    for ax, l in zip(axes[1:], layers):
+        errorbars(ax, f"angle_W_Bt_{l}")
+        _chance_line(ax)
+        ax.set(xlabel="label noise p (%)", title=f"$\\angle(W_{l}, B_{l}^\\top)$")
+    axes[1].set_ylabel("final angle (degrees)")
+    fig.suptitle(f"FA under label noise (mean ± sd over {int(stats['count'].min())}+ seeds per level)")
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_label_change(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Test accuracy and ∠(W, Bᵀ) over all layers through both phases of the label change (SPEC 8).
+
+    A new random code map is drawn at the phase boundary (dashed vertical line) and training goes on
+    without re-initialising the network.
+    """
+    fig, (ax_acc, ax_angle) = _panels(2, width=4.6, height=3.2, sharey=False)
+    boundaries = set()
+    for condition, directory in aggregated.items():
+        color, label = _condition_color(condition), _condition_label(condition)
+        evaluation = read_table(directory, "evaluation")
+        accuracy = measure_curve(evaluation, "test_accuracy", x="epoch")
+        plot_mean_sd(ax_acc, accuracy["epoch"], 100 * accuracy["mean"], 100 * accuracy["sd"],
+                     color=color, label=label)
+        later = evaluation[evaluation["phase"] > evaluation["phase"].min()]
+        if len(later):
+            boundaries.add(float(later["epoch"].min()))
+        metrics = read_table(directory, "metrics")
+        angle = measure_curve(metrics, "angle_W_Bt_all")
+        plot_mean_sd(ax_angle, _fractional_epoch(angle), angle["mean"], angle["sd"], color=color, label=label)
+    for ax in (ax_acc, ax_angle):
+        for boundary in boundaries:
+            ax.axvline(boundary, color="0.3", linestyle="--", linewidth=0.9)
+    _chance_line(ax_angle)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (new code map at dashed line)")
+    ax_angle.set(xlabel="epoch", ylabel=r"$\angle(W, B^\top)$, layers 1..d-1 concatenated (degrees)",
+                 title="Alignment, all layers")
+    _legend_below(fig, [ax_acc])
+    fig.suptitle("Label change across time (mean ± sd over seeds)")
+    return save_figure(fig, out_stem, formats)
+
+
+def _fractional_epoch(curve: pd.DataFrame) -> np.ndarray:
+    """Iteration -> epoch + fraction of the epoch done, from the table's epoch column."""
+    iteration = curve["iteration"].to_numpy(dtype=np.float64)
+    epoch = curve["epoch"].to_numpy(dtype=np.float64)
+    per_epoch = pd.Series(iteration).groupby(epoch).agg(["min", "count"])
+    start = per_epoch["min"].reindex(epoch).to_numpy()
+    count = per_epoch["count"].reindex(epoch).to_numpy()
+    return epoch + (iteration - start) / count

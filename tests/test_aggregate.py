@@ -1,0 +1,179 @@
+"""Aggregation over seeds, divergence bookkeeping and the summary table (SPEC sections 5 and 9)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fa_analysis import aggregate
+from results_synthetic import SIZES, write_run
+
+
+def _angle(A, C):
+    cos = np.sum(A * C) / (np.linalg.norm(A) * np.linalg.norm(C))
+    return np.degrees(np.arccos(cos))
+
+
+@pytest.fixture
+def condition(tmp_path):
+    """Three seeds of main/fa, seed 2 diverging at iteration 25 of 40."""
+    runs = [write_run(tmp_path, "main", "fa", seed) for seed in (0, 1)]
+    runs.append(write_run(tmp_path, "main", "fa", 2, diverge_at=25))
+    out = tmp_path / "aggregated" / "main" / "fa"
+    written = aggregate.aggregate_condition(runs, out)
+    return runs, out, written
+
+
+def test_mean_sd_and_n_match_numpy_over_seeds(condition):
+    runs, out, _ = condition
+    table = pd.read_parquet(out / "metrics.parquet")
+    raw = [pd.read_parquet(r / "metrics.parquet").set_index("iteration") for r in runs]
+    for k in (0, 10, 24):  # every seed finite here
+        values = np.array([m.loc[k, "angle_W_Bt_2"] for m in raw])
+        row = table[(table.iteration == k) & (table.measure == "angle_W_Bt_2")].iloc[0]
+        assert row["n"] == 3
+        assert row["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert row["sd"] == pytest.approx(values.std(ddof=1), rel=1e-12)
+
+
+def test_diverged_run_counts_until_it_diverged(condition):
+    runs, out, _ = condition
+    table = pd.read_parquet(out / "metrics.parquet")
+    loss = table[table.measure == "loss"].set_index("iteration")
+    assert loss.loc[24, "n"] == 3
+    assert loss.loc[25, "n"] == 2  # the NaN row of the diverged run is left out
+    assert loss.loc[39, "n"] == 2
+    inf_row = table[(table.measure == "angle_W_Bt_all") & (table.iteration == 25)].iloc[0]
+    assert inf_row["n"] == 2 and np.isfinite(inf_row["mean"])
+    # a measure still finite at the divergence row keeps all three runs there
+    finite_row = table[(table.measure == "angle_W_Bt_2") & (table.iteration == 25)].iloc[0]
+    assert finite_row["n"] == 3
+    assert np.isfinite(table[["mean"]].to_numpy()).all()
+
+
+def test_runs_csv_lists_every_run_with_status_and_divergence(condition):
+    runs, out, _ = condition
+    listed = pd.read_csv(out / "runs.csv").set_index("seed")
+    assert list(listed.index) == [0, 1, 2]
+    assert list(listed["status"]) == ["completed", "completed", "diverged"]
+    assert listed.loc[2, "divergence_iteration"] == 25
+    assert listed.loc[2, "divergence_reason"] == "non-finite loss"
+    assert np.isnan(listed.loc[0, "divergence_iteration"])
+    # the diverged run's final weights hold NaN: its angles come from its last finite metrics row
+    assert listed.loc[2, "angles_from"] == "metrics@24" and np.isfinite(listed.loc[2, "angle_W_Bt_1"])
+    assert listed.loc[0, "angles_from"] == "weights"
+    # final test accuracy = the last evaluation of each run
+    evaluation = pd.read_parquet(runs[0] / "evaluation.parquet")
+    assert listed.loc[0, "final_test_accuracy"] == pytest.approx(evaluation["test_accuracy"].iloc[-1])
+
+
+def test_final_angles_are_those_of_the_final_weights(condition):
+    runs, out, _ = condition
+    listed = pd.read_csv(out / "runs.csv").set_index("seed")
+    with np.load(runs[1] / "weights.npz") as w:
+        for l in range(1, len(SIZES) - 1):
+            expected = _angle(w[f"W{l}_final"], w[f"B{l}"].T)
+            assert listed.loc[1, f"angle_W_Bt_{l}"] == pytest.approx(expected, rel=1e-9)
+        all_W = np.concatenate([w[f"W{l}_final"].ravel() for l in (1, 2)])
+        all_Bt = np.concatenate([w[f"B{l}"].T.ravel() for l in (1, 2)])
+    assert listed.loc[1, "angle_W_Bt_all"] == pytest.approx(_angle(all_W, all_Bt), rel=1e-9)
+
+
+def test_final_angles_fall_back_to_the_last_finite_metrics_row(tmp_path):
+    run_dir = write_run(tmp_path, "main", "fa", 0, weights=False, diverge_at=12)
+    run = aggregate.read_run(run_dir)
+    metrics = run.metrics
+    angles, source = aggregate.final_angles(run)
+    assert angles["angle_W_Bt_2"] == pytest.approx(metrics["angle_W_Bt_2"].iloc[11])  # row 12 has NaN/inf
+    assert source == "metrics@11"
+
+
+def test_evaluation_is_aggregated_per_epoch(condition):
+    runs, out, _ = condition
+    table = pd.read_parquet(out / "evaluation.parquet")
+    accuracy = table[table.measure == "test_accuracy"].set_index("epoch")
+    first = [pd.read_parquet(r / "evaluation.parquet").set_index("epoch").loc[0, "test_accuracy"] for r in runs]
+    assert accuracy.loc[0, "mean"] == pytest.approx(np.mean(first))
+    assert accuracy.loc[0, "n"] == 3
+    assert accuracy.loc[4, "n"] == 2  # the diverged run has no evaluation after epoch 2
+
+
+def test_observer_tables_are_aggregated_by_their_keys(tmp_path):
+    rng = np.random.default_rng(0)
+    runs, angles = [], []
+    for seed in range(3):
+        run_dir = write_run(tmp_path, "terms", "fa_fixed", seed)
+        table = pd.DataFrame([(k, layer, lag, kind) for k in (66, 1260) for layer in (1, 2)
+                              for lag in range(1, 5) for kind in ("nonlinear", "linear")],
+                             columns=["k", "layer", "lag", "kind"])
+        table["angle"] = rng.uniform(0, 180, len(table))
+        table["seed"] = seed
+        table.to_parquet(run_dir / "terms_lag.parquet")
+        runs.append(run_dir)
+        angles.append(table)
+    written = aggregate.aggregate_condition(runs, tmp_path / "agg")
+    out = pd.read_parquet(written["terms_lag"])
+    assert len(out) == len(angles[0])  # one row per (k, layer, lag, kind); seed averaged over
+    assert set(out.columns) == {"k", "layer", "lag", "kind", "measure", "mean", "sd", "n"}
+    row = out[(out.k == 1260) & (out.layer == 2) & (out.lag == 3) & (out.kind == "linear")].iloc[0]
+    expected = [t[(t.k == 1260) & (t.layer == 2) & (t.lag == 3) & (t.kind == "linear")]["angle"].item()
+                for t in angles]
+    assert row["mean"] == pytest.approx(np.mean(expected))
+    assert row["sd"] == pytest.approx(np.std(expected, ddof=1))
+
+
+def test_open_loop_aggregates_over_repetitions(tmp_path):
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"repetition": np.repeat(np.arange(4), 5), "iteration": np.tile(np.arange(5), 4),
+                          "angle": rng.uniform(0, 180, 20)})
+    table.to_parquet(tmp_path / "auto.parquet")
+    out = aggregate.aggregate_open_loop(tmp_path / "auto.parquet", tmp_path / "auto_agg.parquet")
+    at_3 = table[table.iteration == 3]["angle"]
+    row = out[out.iteration == 3].iloc[0]
+    assert (row["mean"], row["n"]) == (pytest.approx(at_3.mean()), 4)
+    assert row["sd"] == pytest.approx(at_3.std(ddof=1))
+    assert (tmp_path / "auto_agg.parquet").is_file()
+
+
+def test_summary_has_one_row_per_condition_with_finite_values(tmp_path, condition):
+    _, fa_dir, _ = condition
+    bp_runs = [write_run(tmp_path, "main", "bp", seed, rule="bp") for seed in (0, 1)]
+    bp_dir = tmp_path / "aggregated" / "main" / "bp"
+    aggregate.aggregate_condition(bp_runs, bp_dir)
+    table = aggregate.summary_table([fa_dir, bp_dir], tmp_path / "summary.csv", tmp_path / "summary.md")
+    assert list(table["condition"]) == ["fa", "bp"]
+    fa = table.set_index("condition").loc["fa"]
+    assert (fa["n_seeds"], fa["n_completed"], fa["n_diverged"]) == (3, 2, 1)
+    numeric = table.filter(regex="_(mean|sd)$")
+    assert np.isfinite(numeric.to_numpy()).all()
+    runs = pd.read_csv(fa_dir / "runs.csv")
+    completed = runs[runs.status == "completed"]["final_test_accuracy"]
+    assert fa["final_test_accuracy_mean"] == pytest.approx(completed.mean())
+    assert fa["final_test_accuracy_sd"] == pytest.approx(completed.std(ddof=1))
+    assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 2
+    markdown = (tmp_path / "summary.md").read_text()
+    assert f"{100 * completed.mean():.1f} ± {100 * completed.std(ddof=1):.1f}" in markdown
+    assert "| main | fa | 3 | 1 |" in markdown
+
+
+def test_aggregate_json_records_runs_and_divergence(condition):
+    runs, out, written = condition
+    meta = json.loads(written["aggregate"].read_text())
+    assert meta["seeds"] == [0, 1, 2] and meta["n_diverged"] == 1
+    assert meta["code_version"]
+
+
+def test_missing_run_json_names_the_directory(tmp_path):
+    run_dir = write_run(tmp_path, "main", "fa", 0)
+    (run_dir / "run.json").unlink()
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        aggregate.aggregate_condition([run_dir], tmp_path / "agg")
+
+
+def test_runs_of_different_conditions_are_refused(tmp_path):
+    runs = [write_run(tmp_path, "main", "fa", 0), write_run(tmp_path, "main", "bp", 0, rule="bp")]
+    with pytest.raises(ValueError, match="several conditions"):
+        aggregate.aggregate_condition(runs, tmp_path / "agg")

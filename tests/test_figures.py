@@ -1,0 +1,135 @@
+"""Figures of SPEC section 9 from small synthetic aggregates: bands, moving average, valid files."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from fa_analysis import aggregate, figures  # noqa: E402
+from results_synthetic import write_run  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_band_is_mean_plus_minus_sd():
+    x = np.arange(6.0)
+    mean = np.array([90.0, 80, 75, 70, 66, 60])
+    sd = np.array([1.0, 2, 3, 2, 1, 0.5])
+    fig, ax = plt.subplots()
+    line, band = figures.plot_mean_sd(ax, x, mean, sd, color="C0")
+    np.testing.assert_allclose(line.get_ydata(), mean)
+    vertices = band.get_paths()[0].vertices
+    upper = {(vx, vy) for vx, vy in vertices if np.isclose(vy, mean[int(round(vx))] + sd[int(round(vx))])}
+    lower = {(vx, vy) for vx, vy in vertices if np.isclose(vy, mean[int(round(vx))] - sd[int(round(vx))])}
+    assert {vx for vx, _ in upper} == set(x) and {vx for vx, _ in lower} == set(x)
+    assert np.allclose(vertices[:, 1].max(), (mean + sd).max()) and np.allclose(vertices[:, 1].min(), (mean - sd).min())
+    plt.close(fig)
+
+
+def test_moving_average_is_causal_and_averages_what_exists():
+    step = np.zeros(200)
+    step[100:] = 1.0
+    smoothed = figures.causal_moving_average(step, 60)
+    assert np.all(smoothed[:100] == 0.0)  # nothing before the step sees it
+    assert smoothed[100] == pytest.approx(1 / 60)
+    assert smoothed[159] == pytest.approx(1.0)
+    x = np.array([3.0, 5.0, 10.0, 2.0])
+    np.testing.assert_allclose(figures.causal_moving_average(x, 3), [3.0, 4.0, 6.0, 17 / 3])
+
+
+def test_moving_average_skips_non_finite_values():
+    x = np.array([1.0, np.nan, 3.0, np.inf])
+    np.testing.assert_allclose(figures.causal_moving_average(x, 2), [1.0, 1.0, 3.0, 3.0])
+    with pytest.raises(ValueError, match="moving_average"):
+        figures.causal_moving_average(x, 0)
+
+
+def test_every_condition_has_one_colour():
+    colours = list(figures.PALETTE.values())
+    assert len(set(colours)) == len(colours)
+    assert set(figures.PALETTE) == {"bp", "bp_wn", "fa", "fa_wn", "fa_wn_noibn"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Every figure writes a valid PNG and PDF
+# ---------------------------------------------------------------------------------------------
+
+
+def _assert_files(paths):
+    png, pdf = sorted(paths, key=lambda p: p.suffix != ".png")
+    assert png.read_bytes()[:8] == PNG_MAGIC and 10_000 < png.stat().st_size < 3_000_000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and 5_000 < pdf.stat().st_size < 3_000_000
+
+
+@pytest.fixture(scope="module")
+def aggregated(tmp_path_factory):
+    """Aggregated dirs for main/{bp,bp_wn,fa,fa_wn} (3 seeds, one fa seed diverges) and label change."""
+    root = tmp_path_factory.mktemp("results")
+    dirs = {}
+    for condition in ("bp", "bp_wn", "fa", "fa_wn"):
+        runs = [write_run(root, "main", condition, seed, iterations=120, diverge_at=80 if (condition, seed) == ("fa", 2) else None)
+                for seed in range(3)]
+        dirs[condition] = root / "aggregated" / "main" / condition
+        aggregate.aggregate_condition(runs, dirs[condition])
+    change = {}
+    for condition in ("bp", "fa"):
+        runs = [write_run(root, "label_change", condition, seed, iterations=120, phases=[6, 6]) for seed in range(2)]
+        change[condition] = root / "aggregated" / "label_change" / condition
+        aggregate.aggregate_condition(runs, change[condition])
+    noise = {}
+    for level in (0, 50, 100):
+        runs = [write_run(root, "label_noise", f"fa_p{level}", seed) for seed in range(3)]
+        noise[level] = root / "aggregated" / "label_noise" / f"fa_p{level}"
+        aggregate.aggregate_condition(runs, noise[level])
+    return {"main": dirs, "label_change": change, "label_noise": noise, "root": root}
+
+
+def test_main_figures_write_png_and_pdf(aggregated, tmp_path):
+    main = aggregated["main"]
+    _assert_files(figures.plot_angle_W_Bt(main, tmp_path / "angle_W_Bt"))
+    _assert_files(figures.plot_accuracy_loss(main, tmp_path / "accuracy_loss"))
+    _assert_files(figures.plot_update_angle(main, tmp_path / "update_angle", window=10))
+
+
+def test_label_figures_write_png_and_pdf(aggregated, tmp_path):
+    _assert_files(figures.plot_label_change(aggregated["label_change"], tmp_path / "label_change"))
+    _assert_files(figures.plot_label_noise(aggregated["label_noise"], tmp_path / "label_noise"))
+
+
+def test_open_loop_figures_write_png_and_pdf(tmp_path):
+    rng = np.random.default_rng(0)
+    scenarios = {}
+    for scenario in ("auto", "cross", "both", "none"):
+        reps, its = np.meshgrid(np.arange(3), np.arange(101), indexing="ij")
+        angle = 90 - (0 if scenario == "none" else 30) * (1 - np.exp(-its / 30)) + rng.normal(0, 2, its.shape)
+        pd.DataFrame({"repetition": reps.ravel(), "iteration": its.ravel(), "angle": angle.ravel()}).to_parquet(
+            tmp_path / f"{scenario}.parquet")
+        scenarios[scenario] = tmp_path / f"{scenario}.parquet"
+    _assert_files(figures.plot_open_loop(scenarios, tmp_path / "open_loop"))
+    sweeps = {}
+    for wn in (False, True):
+        frames = []
+        for beta in (0.0, 0.5, 1.0):
+            reps, its = np.meshgrid(np.arange(3), np.arange(51), indexing="ij")
+            angle = 90 - 40 * beta * (1 - np.exp(-its / 20)) + rng.normal(0, 2, its.shape)
+            frames.append(pd.DataFrame({"beta": beta, "repetition": reps.ravel(), "iteration": its.ravel(),
+                                        "angle": angle.ravel()}))
+        sweeps[wn] = tmp_path / f"beta_wn{int(wn)}.parquet"
+        pd.concat(frames).to_parquet(sweeps[wn])
+    _assert_files(figures.plot_open_loop_beta(sweeps, tmp_path / "open_loop_beta"))
+
+
+def test_unknown_condition_colour_is_an_error(aggregated, tmp_path):
+    with pytest.raises(KeyError, match="PALETTE"):
+        figures.plot_angle_W_Bt({"mystery": aggregated["main"]["fa"]}, tmp_path / "x")
+
+
+def test_missing_aggregate_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.parquet"):
+        figures.plot_angle_W_Bt({"fa": tmp_path / "nowhere"}, tmp_path / "x")
