@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -351,6 +351,120 @@ def plot_update_angle(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     fig.suptitle(f"Angle between FA and BP updates on the same minibatch "
                  f"(causal moving average over {window} iterations; mean ± sd over seeds)")
     return save_figure(fig, out_stem, formats)
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC 9.4 and 9.6: alignment terms and shadow weights
+# ---------------------------------------------------------------------------------------------
+
+#: Line style per alignment-term kind: the nonlinear term with its band, the linear one dashed.
+KIND_STYLES = {"nonlinear": "-", "linear": "--"}
+
+
+def _variant(name: str) -> str:
+    """``fa_fixed`` (condition name) or ``fixed`` -> ``fixed``."""
+    return str(name).removeprefix("fa_")
+
+
+def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: str, x: str,
+                  out_stem: PathLike, formats: Sequence[str], row_title: Callable[[int], str], xlabel: str,
+                  title: str) -> list[Path]:
+    """Panels rows = ``row_key`` values, columns = layers; lines = variant (colour) x kind (style)."""
+    tables = {_variant(name): read_table(directory, table_name) for name, directory in aggregated.items()}
+    for variant in tables:
+        if variant not in VARIANT_COLORS:
+            raise KeyError(f"unknown alignment-term variant '{variant}' (figures.VARIANT_COLORS has {list(VARIANT_COLORS)})")
+    rows = sorted(set.intersection(*(set(t[row_key].unique()) for t in tables.values())))
+    layers = sorted(set.intersection(*(set(t["layer"].unique()) for t in tables.values())))
+    if not rows or not layers:
+        raise ValueError(f"the {table_name} tables share no {row_key} / layer: nothing to plot")
+    fig, axes = _panels(len(rows) * len(layers), ncols=len(layers), width=3.0, height=2.5, sharex="row")
+    axes = np.asarray(axes).reshape(len(rows), len(layers))
+    for r, row_value in enumerate(rows):
+        for c, layer in enumerate(layers):
+            ax = axes[r, c]
+            for variant, table in tables.items():
+                for kind, style in KIND_STYLES.items():
+                    part = table[(table[row_key] == row_value) & (table["layer"] == layer) & (table["kind"] == kind)]
+                    curve = part[part["measure"] == "angle"].sort_values(x)
+                    if curve.empty:
+                        continue
+                    sd = curve["sd"] if kind == "nonlinear" else np.full(len(curve), np.nan)
+                    plot_mean_sd(ax, curve[x], curve["mean"], sd, color=VARIANT_COLORS[variant],
+                                 linestyle=style, label=f"{VARIANT_LABELS[variant]}, {kind}", linewidth=1.1)
+            _chance_line(ax)
+            ax.set_title(f"$W_{layer}$, {row_title(row_value)}", fontsize="medium")
+            if r == len(rows) - 1:
+                ax.set_xlabel(xlabel)
+        axes[r, 0].set_ylabel(r"$\angle(T^o_l[k], B_l^\top)$ (degrees)")
+    _legend_below(fig, axes.ravel(), ncol=3)
+    fig.suptitle(title)
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_alignment_terms_lag(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                             formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """∠(T^o_l[k], B_lᵀ) vs lag o at the analysed iterations k, per layer (paper Fig 7, SPEC 6).
+
+    ``aggregated`` maps variant (``fixed``, ``reshuffle``, ``wrong_labels``, or the condition names
+    ``fa_fixed``, ...) -> ``aggregated/terms/fa_{variant}`` (its ``terms_lag.parquet``). Solid with
+    band: the nonlinear term; dashed: its linear approximation.
+    """
+    return _terms_panels(aggregated, "terms_lag", "iteration", "lag", out_stem, formats,
+                         row_title=lambda k: f"k = {k}", xlabel="lag o (iterations)",
+                         title="Angle of the alignment terms with the feedback weights vs lag "
+                               "(mean ± sd over seeds; solid nonlinear, dashed linear)")
+
+
+def plot_alignment_terms_time(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                              formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """∠(T^o_l[k], B_lᵀ) vs iteration k at fixed lags o (config ``lags_over_time``), per layer (SPEC 6)."""
+    return _terms_panels(aggregated, "terms_time", "lag", "iteration", out_stem, formats,
+                         row_title=lambda o: f"lag o = {o}", xlabel="iteration k",
+                         title="Angle of the alignment terms with the feedback weights over training "
+                               "(mean ± sd over seeds; solid nonlinear, dashed linear)")
+
+
+def _shadow_figure(directory: PathLike, series: Mapping[str, tuple[str, str, str]], out_stem: PathLike,
+                   formats: Sequence[str], title: str) -> list[Path]:
+    """Panels per layer of the shadow table; ``series`` maps measure -> (colour key, label, style)."""
+    table = read_table(directory, "shadow")
+    layers = sorted(table["layer"].unique())
+    fig, axes = _panels(len(layers), width=3.0, height=2.7)
+    for ax, layer in zip(axes, layers):
+        part = table[table["layer"] == layer]
+        for measure, (color_key, label, style) in series.items():
+            curve = measure_curve(part, measure)
+            plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"], color=SERIES_COLORS[color_key],
+                         label=label, linestyle=style)
+        _chance_line(ax)
+        ax.set(title=f"layer {layer}", xlabel="iteration")
+    axes[0].set_ylabel("angle (degrees)")
+    _legend_below(fig, axes, ncol=len(series))
+    fig.suptitle(title)
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_shadow_linearised(aggregated_dir: PathLike, out_stem: PathLike,
+                           formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Real ∠(W_l, B_lᵀ) beside the linearised shadow's ∠(W^lin_l, B_lᵀ), per layer (paper Fig 9).
+
+    ``aggregated_dir`` is ``aggregated/shadow/fa`` (its ``shadow.parquet``).
+    """
+    series = {"angle_W_Bt": ("real", r"real FA run: $\angle(W_l, B_l^\top)$", "-"),
+              "angle_Wlin_Bt": ("linearised", r"linearised shadow: $\angle(W^{lin}_l, B_l^\top)$", "-")}
+    return _shadow_figure(aggregated_dir, series, out_stem, formats,
+                          "Real weights vs the linearised shadow (zero-degree + linear terms; mean ± sd over seeds)")
+
+
+def plot_shadow_random_b(aggregated_dir: PathLike, out_stem: PathLike,
+                         formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Real ∠(W_l, B_lᵀ) beside the random-B′ shadow's ∠(W^B′_l, B′_lᵀ) and ∠(W^B′_l, B_lᵀ) (paper Fig 10)."""
+    series = {"angle_W_Bt": ("real", r"real FA run: $\angle(W_l, B_l^\top)$", "-"),
+              "angle_WBprime_Bprimet": ("random_b", r"shadow with $B'$: $\angle(W^{B'}_l, B'^\top_l)$", "-"),
+              "angle_WBprime_Bt": ("random_b_vs_B", r"same shadow vs real $B$: $\angle(W^{B'}_l, B_l^\top)$", "--")}
+    return _shadow_figure(aggregated_dir, series, out_stem, formats,
+                          "Real weights vs a shadow built with an unrelated random B′ (mean ± sd over seeds)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,3 +68,31 @@ def write_run(root: Path, experiment: str, condition: str, seed: int, *, iterati
         info.update(status="diverged", divergence={"iteration": diverge_at, "reason": "non-finite loss"})
     (run_dir / "run.json").write_text(json.dumps(info))
     return run_dir
+
+
+def write_terms_tables(run_dir: Path, seed: int, *, iterations=(6, 30), max_lag=12, lags=(1, 10),
+                       layers=(1, 2), num_iterations: int = 40) -> None:
+    """``terms_lag`` and ``terms_time`` in the alignment-terms observer's columns, seeded values."""
+    rng = np.random.default_rng(1000 + seed)
+    lag_rows = [(k, l, o, kind) for k in iterations for l in layers for o in range(1, min(max_lag, k) + 1)
+                for kind in ("nonlinear", "linear")]
+    time_rows = [(k, l, o, kind) for k in range(num_iterations) for l in layers for o in lags if o <= k
+                 for kind in ("nonlinear", "linear")]
+    for name, rows in (("terms_lag", lag_rows), ("terms_time", time_rows)):
+        table = pd.DataFrame(rows, columns=["iteration", "layer", "lag", "kind"])
+        table["angle"] = 90 - 40 * (table["lag"] % 10 == 0) + rng.normal(0, 5, len(table))
+        table["norm"] = rng.uniform(0, 1, len(table))
+        table.to_parquet(run_dir / f"{name}.parquet")
+
+
+def write_shadow_table(run_dir: Path, seed: int, *, iterations: int = 40, layers=(1, 2)) -> None:
+    """``shadow.parquet`` in the shadow observer's columns, seeded values."""
+    rng = np.random.default_rng(2000 + seed)
+    k, l = np.meshgrid(np.arange(iterations), np.array(layers), indexing="ij")
+    table = pd.DataFrame({"iteration": k.ravel(), "layer": l.ravel()})
+    decay = 1 - np.exp(-table["iteration"] / 10)
+    for column, drop in (("angle_W_Bt", 30), ("angle_Wlin_Bt", 40), ("angle_WBprime_Bprimet", 35),
+                         ("angle_WBprime_Bt", 0)):
+        table[column] = 90 - drop * decay + rng.normal(0, 2, len(table))
+    table["rel_diff_Wlin_W"] = rng.uniform(0, 0.5, len(table))
+    table.to_parquet(run_dir / "shadow.parquet")

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from fa_analysis import aggregate, figures  # noqa: E402
-from results_synthetic import write_run  # noqa: E402
+from results_synthetic import write_run, write_shadow_table, write_terms_tables  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,7 +87,20 @@ def aggregated(tmp_path_factory):
         runs = [write_run(root, "label_noise", f"fa_p{level}", seed) for seed in range(3)]
         noise[level] = root / "aggregated" / "label_noise" / f"fa_p{level}"
         aggregate.aggregate_condition(runs, noise[level])
-    return {"main": dirs, "label_change": change, "label_noise": noise, "root": root}
+    terms = {}
+    for variant in ("fixed", "reshuffle", "wrong_labels"):
+        runs = [write_run(root, "terms", f"fa_{variant}", seed) for seed in range(3)]
+        for seed, run_dir in enumerate(runs):
+            write_terms_tables(run_dir, seed)
+        terms[variant] = root / "aggregated" / "terms" / f"fa_{variant}"
+        aggregate.aggregate_condition(runs, terms[variant])
+    runs = [write_run(root, "shadow", "fa", seed) for seed in range(3)]
+    for seed, run_dir in enumerate(runs):
+        write_shadow_table(run_dir, seed)
+    shadow = root / "aggregated" / "shadow" / "fa"
+    aggregate.aggregate_condition(runs, shadow)
+    return {"main": dirs, "label_change": change, "label_noise": noise, "terms": terms, "shadow": shadow,
+            "root": root}
 
 
 def test_main_figures_write_png_and_pdf(aggregated, tmp_path):
@@ -100,6 +113,16 @@ def test_main_figures_write_png_and_pdf(aggregated, tmp_path):
 def test_label_figures_write_png_and_pdf(aggregated, tmp_path):
     _assert_files(figures.plot_label_change(aggregated["label_change"], tmp_path / "label_change"))
     _assert_files(figures.plot_label_noise(aggregated["label_noise"], tmp_path / "label_noise"))
+
+
+def test_alignment_terms_figures_write_png_and_pdf(aggregated, tmp_path):
+    _assert_files(figures.plot_alignment_terms_lag(aggregated["terms"], tmp_path / "alignment_terms_lag"))
+    _assert_files(figures.plot_alignment_terms_time(aggregated["terms"], tmp_path / "alignment_terms_time"))
+
+
+def test_shadow_figures_write_png_and_pdf(aggregated, tmp_path):
+    _assert_files(figures.plot_shadow_linearised(aggregated["shadow"], tmp_path / "shadow_linearised"))
+    _assert_files(figures.plot_shadow_random_b(aggregated["shadow"], tmp_path / "shadow_random_b"))
 
 
 def test_open_loop_figures_write_png_and_pdf(tmp_path):
