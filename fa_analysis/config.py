@@ -13,6 +13,7 @@ key order and floats as floats (``gamma: 1`` and ``gamma: 1.0`` give the same sp
 
 from __future__ import annotations
 
+import ast
 import copy
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
 
@@ -79,12 +81,41 @@ def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     so that the Snakefile's global ``config`` is the completed one.
     """
     schema = load_yaml(schema_path)
+    _coerce_strings(config, schema, schema)
     validator_class = _with_defaults(jsonschema.Draft202012Validator)
     errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(_describe(error) for error in errors))
     check_config(config)
     return config
+
+
+def _coerce_strings(instance: Any, schema: dict, root: dict) -> Any:
+    """Read strings back as the booleans and numbers the schema asks for, in place.
+
+    ``snakemake --config data='{root: /mnist, download: false}'`` parses nested values with YAML's
+    BaseLoader, so every scalar inside arrives as a string (``'false'``, ``'3000'``). Where the
+    schema wants a boolean, integer, number or null (and never a string), such a string is read as
+    YAML; anything else is left for the schema to reject.
+    """
+    if "$ref" in schema:
+        schema = {**root["$defs"][schema["$ref"].removeprefix("#/$defs/")], **schema}
+    if isinstance(instance, dict):
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            sub = schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                instance[key] = _coerce_strings(value, sub, root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        instance[:] = [_coerce_strings(value, schema["items"], root) for value in instance]
+    elif isinstance(instance, str) and "type" in schema:
+        types = {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
+        if "string" not in types:
+            value = yaml.safe_load(instance)
+            wanted = {"boolean": bool, "integer": int, "number": (int, float), "null": type(None)}
+            if any(isinstance(value, wanted[t]) for t in types if t in wanted):
+                return value
+    return instance
 
 
 def _with_defaults(validator_class):
@@ -127,7 +158,7 @@ def check_config(config: dict) -> None:
 
     - WN's ``gamma`` is set exactly where ``wn`` is true (SPEC 3);
     - every condition an experiment names is defined under ``conditions``; alignment terms and
-      shadows are measured on FA runs (SPEC 6);
+      shadows are measured on FA runs without WN (SPEC 6);
     - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width;
     - the batch fits the training set, and the alignment-term iterations fit the run and its lags.
     """
@@ -155,10 +186,10 @@ def check_config(config: dict) -> None:
             )
     for section in ("alignment_terms", "shadow"):
         name = config[section]["condition"]
-        if name in conditions and conditions[name]["rule"] != "fa":
+        if name in conditions and (conditions[name]["rule"] != "fa" or conditions[name]["wn"]):
             problems.append(
-                f"config key '{section}.condition' is '{name}', a '{conditions[name]['rule']}' condition; "
-                "the alignment terms and shadows are those of feedback alignment: name an fa condition"
+                f"config key '{section}.condition' is '{name}', not an fa condition without WN: the "
+                "expansion of SPEC 6 holds for feedback alignment with unnormalised weights"
             )
 
     sizes = config["network"]["sizes"]
@@ -363,3 +394,54 @@ def iterations_per_epoch(config: dict) -> int:
     """Minibatches per epoch of the configured training set (SPEC 5: 60 for MNIST at batch 1000)."""
     n_train = config["data"]["train_subset"] or MNIST_TRAIN_SIZE
     return n_train // config["training"]["batch_size"]
+
+
+# --------------------------------------------------------------------------------------------
+# Code hashes for the workflow's params
+
+
+def package_modules(*entry_modules: str) -> list[str]:
+    """``entry_modules`` and every ``fa_analysis`` module they import, transitively.
+
+    Read from the sources (nothing is imported), including imports inside functions. Names are
+    module names without the package prefix, e.g. ``["artifacts", "data", "network", "train"]``.
+    """
+    seen: set[str] = set()
+    todo = [name.removeprefix("fa_analysis.") for name in entry_modules]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = PACKAGE_DIR / f"{name}.py"
+        if not path.is_file():
+            raise ValueError(f"no module fa_analysis.{name} (expected {path})")
+        seen.add(name)
+        todo += [m for m in _imported_package_modules(ast.parse(path.read_text())) if m not in seen]
+    return sorted(seen)
+
+
+def _imported_package_modules(tree: ast.Module) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("fa_analysis."):
+                    yield alias.name.split(".")[1]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 0 and module.startswith("fa_analysis."):
+                yield module.split(".")[1]
+            elif node.level == 1 and module:
+                yield module.split(".")[0]
+            elif (node.level == 0 and module == "fa_analysis") or (node.level == 1 and not module):
+                # `from fa_analysis import data`: names that are modules (not e.g. __version__)
+                yield from (a.name for a in node.names if (PACKAGE_DIR / f"{a.name}.py").is_file())
+
+
+def code_hash(*entry_modules: str) -> str:
+    """The hash of the sources a job runs (``artifacts.source_hash`` of ``package_modules``).
+
+    A rule passes it as a param, so editing a module reruns exactly the jobs that run it.
+    """
+    from fa_analysis.artifacts import source_hash
+
+    return source_hash(package_modules(*entry_modules))

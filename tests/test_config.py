@@ -128,8 +128,22 @@ def test_alignment_term_iterations_must_fit_the_run():
     raises_naming({"alignment_terms": {"iterations": [30]}}, "'alignment_terms.iterations'", "max_lag")
 
 
-def test_alignment_terms_need_an_fa_condition():
+def test_alignment_terms_and_shadows_need_fa_without_wn():
     raises_naming({"alignment_terms": {"condition": "bp"}}, "'alignment_terms.condition'")
+    raises_naming({"shadow": {"condition": "fa_wn"}}, "'shadow.condition'", "WN")
+
+
+def test_command_line_strings_are_read_as_the_schema_types():
+    """snakemake --config data='{root: ..., download: false}' delivers nested scalars as strings."""
+    config = fa_config.load_yaml(fa_config.DEFAULT_CONFIG_PATH)
+    config["data"].update(root="/mnist", download="false", test_subset="500")
+    config["experiments"]["main"]["seeds"] = ["0", "1"]
+    config["conditions"]["fa"] = {"rule": "fa", "eta": "5.0e-4", "wn": "false"}
+    validate(config)
+    assert (config["data"]["root"], config["data"]["download"], config["data"]["test_subset"]) == ("/mnist", False, 500)
+    assert config["experiments"]["main"]["seeds"] == [0, 1]
+    assert config["conditions"]["fa"]["eta"] == 5e-4 and config["conditions"]["fa"]["wn"] is False
+    raises_naming({"data": {"download": "maybe"}}, "'data.download'")
 
 
 def test_validation_fills_defaults_in_place():

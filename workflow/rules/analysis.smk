@@ -1,0 +1,102 @@
+# Analysis stage (SPEC 8, 9): mean and sd over seeds per condition, the weight-trajectory
+# embeddings, and the summary table. Aggregation and the table are cheap and run locally.
+
+
+rule aggregate:
+    """Mean and sd over the seeds of one experiment/condition, and one row per run (runs.csv)."""
+    input:
+        runs=condition_runs,
+    output:
+        directory(results("aggregated/{experiment}/{condition}")),
+    params:
+        code=CODE["aggregate"],
+    log:
+        results("logs/aggregate/{experiment}/{condition}.log"),
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        ENV
+    message:
+        "Aggregating {wildcards.experiment}/{wildcards.condition} over its seeds"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule trajectory_pca:
+    """One joint PCA of every method's weight snapshots, with the loss landscape of its plane."""
+    input:
+        runs=experiment_runs("trajectory"),
+        dataset=results("data/mnist15.npz"),
+    output:
+        npz=results("embedding/trajectory_pca.npz"),
+        meta=results("embedding/trajectory_pca.json"),
+    params:
+        settings={key: config["embedding"][key] for key in ("pca_grid", "pca_margin", "landscape_train_subset")},
+        code=CODE["embedding"],
+    log:
+        results("logs/trajectory_pca/trajectory_pca.log"),
+    benchmark:
+        results("benchmarks/trajectory_pca/trajectory_pca.tsv")
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    message:
+        "Joint PCA of the weight trajectories with the loss landscape"
+    script:
+        "../scripts/trajectory_pca.py"
+
+
+rule trajectory_umap:
+    """UMAP of the same weight snapshots."""
+    input:
+        runs=experiment_runs("trajectory"),
+    output:
+        table=results("embedding/trajectory_umap.parquet"),
+        meta=results("embedding/trajectory_umap.json"),
+    params:
+        settings=config["embedding"]["umap"],
+        code=CODE["embedding"],
+    log:
+        results("logs/trajectory_umap/trajectory_umap.log"),
+    benchmark:
+        results("benchmarks/trajectory_umap/trajectory_umap.tsv")
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    message:
+        "UMAP of the weight trajectories"
+    script:
+        "../scripts/trajectory_umap.py"
+
+
+rule summary:
+    """Final test accuracy and per-layer angle(W_l, B_l^T), mean +- sd, per experiment/condition."""
+    input:
+        aggregated=[path for experiment in RUNS for path in aggregated(experiment).values()],
+    output:
+        csv=report(results("tables/summary.csv"), caption="../report/summary.rst", category="Tables"),
+        md=results("tables/summary.md"),
+    params:
+        code=CODE["aggregate"],
+    log:
+        results("logs/summary/summary.log"),
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    message:
+        "Summary table of every experiment/condition"
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,127 @@
+# Shared by every stage: the run specs, result paths, wildcard constraints, code hashes and the
+# input functions. Nothing here computes science; it only says which files feed which job.
+
+import re
+from pathlib import Path
+
+from fa_analysis.config import (
+    code_hash,
+    experiment_conditions,
+    iterations_per_epoch,
+    label_noise_levels,
+    run_specs,
+)
+
+# One plain dict per training job, keyed by (experiment, condition, seed) (docs/design.md).
+SPECS = run_specs(config)
+# {experiment: {condition: [seeds]}}, in config order.
+RUNS = experiment_conditions(SPECS)
+NOISE_LEVELS = label_noise_levels(SPECS)
+OPEN_LOOP = config["open_loop"]
+FORMATS = config["figures"]["formats"]
+ENV = "../../envs/fa.yaml"
+
+
+def results(path):
+    """A path under the results folder (config key `results`)."""
+    return f"{config['results']}/{path}"
+
+
+def one_of(names):
+    """A wildcard constraint accepting exactly these names."""
+    return "|".join(re.escape(str(name)) for name in sorted(names, key=str))
+
+
+wildcard_constraints:
+    experiment=one_of(RUNS),
+    condition=one_of({condition for conditions in RUNS.values() for condition in conditions}),
+    seed=r"\d+",
+    level=one_of(NOISE_LEVELS or ["none"]),
+    scenario=one_of(OPEN_LOOP["scenarios"]),
+    wn=one_of(int(wn) for wn in OPEN_LOOP["beta_sweep"]["wn"]),
+
+
+# --------------------------------------------------------------------------------------------
+# Code hashes: a job's params carry the hash of the package modules it runs, with every package
+# module they import (config.code_hash), so editing fa_analysis/network.py reruns the training
+# jobs but not the figures, and editing fa_analysis/figures.py redraws figures without retraining.
+
+CODE = {
+    "data": code_hash("data"),
+    "train": code_hash("train", "alignment_terms", "shadow"),
+    "open_loop": code_hash("open_loop"),
+    "aggregate": code_hash("aggregate"),
+    "embedding": code_hash("embedding"),
+    "figures": code_hash("figures"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Training runs
+
+
+def run_dir(experiment, condition, seed):
+    return results(f"runs/{experiment}/{condition}/seed{seed}")
+
+
+def run_spec(wildcards):
+    """The run spec of one training job: the only config its params carry."""
+    key = (wildcards.experiment, wildcards.condition, int(wildcards.seed))
+    if key not in SPECS:
+        raise ValueError(
+            f"no training run {'/'.join(map(str, key))} in the config: the runs of "
+            f"'{key[0]}' are {', '.join(RUNS.get(key[0], {}))} with their seeds"
+        )
+    return SPECS[key]
+
+
+def train_inputs(wildcards):
+    """The prepared data set, and the noisy labels when the run uses label noise."""
+    inputs = {"dataset": results("data/mnist15.npz")}
+    level = run_spec(wildcards)["label_noise"]
+    if level > 0:
+        inputs["labels"] = results(f"data/labels_noise{level}.npz")
+    return inputs
+
+
+def train_runtime(wildcards):
+    """Minutes a training job may take (SLURM's time limit): generous, from its iteration count."""
+    spec = run_spec(wildcards)
+    iterations = spec["epochs"] * iterations_per_epoch(config)
+    per_1000 = 10 if spec["observers"] else 3  # the alignment terms cost more than the step
+    return 10 + per_1000 * iterations // 1000
+
+
+def condition_runs(wildcards):
+    """Every seed's run directory of one experiment/condition."""
+    seeds = RUNS[wildcards.experiment][wildcards.condition]
+    return [run_dir(wildcards.experiment, wildcards.condition, seed) for seed in seeds]
+
+
+def experiment_runs(experiment):
+    """Every run directory of one experiment, all conditions and seeds."""
+    return [run_dir(experiment, condition, seed) for condition, seeds in RUNS[experiment].items() for seed in seeds]
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregates and figures
+
+
+def aggregated(experiment, conditions=None):
+    """Aggregated directories of an experiment's conditions, as {condition: path}."""
+    names = RUNS[experiment] if conditions is None else conditions
+    return {name: results(f"aggregated/{experiment}/{name}") for name in names}
+
+
+def conditions_with_rule(experiment, rule):
+    """The experiment's conditions whose learning rule is `rule` (bp / fa / dfa)."""
+    return [name for name in RUNS[experiment] if config["conditions"][name]["rule"] == rule]
+
+
+def figure(name):
+    """The figure's files, one per format, for the report with the caption of that figure."""
+    return report(
+        expand(results(f"figures/{name}.{{format}}"), format=FORMATS),
+        caption=f"../report/{name}.rst",
+        category="Figures",
+    )

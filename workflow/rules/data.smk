@@ -1,0 +1,51 @@
+# Data stage (SPEC 4): MNIST resized to 15x15 once, and the fixed draws of noisy labels.
+# data.root and data.download say where MNIST is, not what is computed: they are read from the
+# config by the script and are not params, so moving the files reruns nothing.
+
+
+rule prepare_data:
+    """MNIST -> pixels / 255, 28x28 -> 15x15 bilinear without antialiasing, flattened."""
+    output:
+        results("data/mnist15.npz"),
+    params:
+        data={key: config["data"][key] for key in ("image_size", "train_subset", "test_subset")},
+        code=CODE["data"],
+    log:
+        results("logs/prepare_data/mnist15.log"),
+    benchmark:
+        results("benchmarks/prepare_data/mnist15.tsv")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    message:
+        "Preparing MNIST ({params.data}) from {config[data][root]}"
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule prepare_label_noise:
+    """A fraction `level` % of the training labels replaced by uniformly random classes, drawn once."""
+    input:
+        results("data/mnist15.npz"),
+    output:
+        results("data/labels_noise{level}.npz"),
+    params:
+        seed=config["data"]["label_noise_seed"],
+        code=CODE["data"],
+    log:
+        results("logs/prepare_label_noise/noise{level}.log"),
+    benchmark:
+        results("benchmarks/prepare_label_noise/noise{level}.tsv")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    message:
+        "Drawing noisy labels: {wildcards.level} % of the training set"
+    script:
+        "../scripts/prepare_label_noise.py"

@@ -1,0 +1,70 @@
+# Figures stage (SPEC 9): one rule per figure, figure_{name}, drawn from aggregated results by
+# fa_analysis.figures.plot_{name}. Each is a report output with the caption workflow/report/{name}.rst.
+# The table says what each figure shows; its keys name the inputs for fa_analysis.cli.figure_job.
+
+FA_MAIN = conditions_with_rule("main", "fa")
+TERMS_CONDITION = config["alignment_terms"]["condition"]
+TERMS = {
+    variant: results(f"aggregated/terms/{TERMS_CONDITION}_{variant}")
+    for variant in config["alignment_terms"]["variants"]
+}
+SHADOW = {"shadow": results(f"aggregated/shadow/{config['shadow']['condition']}")}
+NOISE_CONDITION = config["experiments"]["label_noise"]["conditions"][0]  # the figure shows the first
+
+FIGURE_INPUTS = {
+    # angle(W_1, B_1^T) vs iteration per open-loop scenario (paper Fig 3)
+    "open_loop": {scenario: results(f"open_loop/{scenario}.parquet") for scenario in OPEN_LOOP["scenarios"]},
+    # final angle vs beta, without and with WN
+    "open_loop_beta": {
+        f"wn{int(wn)}": results(f"open_loop/beta_wn{int(wn)}.parquet") for wn in OPEN_LOOP["beta_sweep"]["wn"]
+    },
+    # angle(W_l, B_l^T) per layer, FA vs FA+WN (paper Fig 4)
+    "angle_W_Bt": aggregated("main", FA_MAIN),
+    # test accuracy and loss vs epoch, FA and FA+WN with BP and BP+WN beside them (paper Figs 5, 6)
+    "accuracy_loss": aggregated("main"),
+    # alignment-term angle vs lag at the chosen k, fixed order vs reshuffle vs wrong labels (Fig 7)
+    "alignment_terms_lag": TERMS,
+    # the same angle over iterations at the chosen lags
+    "alignment_terms_time": TERMS,
+    # angle(dW^FA, dW^BP) per layer, causal moving average, FA vs FA+WN (paper Fig 8)
+    "update_angle": aggregated("main", FA_MAIN),
+    # real vs linearised shadow weights (Fig 9); real vs random-B' shadow (Fig 10)
+    "shadow_linearised": SHADOW,
+    "shadow_random_b": SHADOW,
+    # weight trajectories: joint PCA with the loss landscape, and UMAP
+    "trajectory_pca": {"pca": results("embedding/trajectory_pca.npz")},
+    "trajectory_umap": {"umap": results("embedding/trajectory_umap.parquet")},
+    # final accuracy and angles vs label-noise level; accuracy through a label change
+    "label_noise": {
+        name: path for name, path in aggregated("label_noise").items() if name.startswith(f"{NOISE_CONDITION}_p")
+    },
+    "label_change": aggregated("label_change"),
+}
+FIGURE_OPTIONS = {"update_angle": {"window": config["figures"]["moving_average"]}}
+
+
+for figure_name, figure_inputs in FIGURE_INPUTS.items():
+
+    rule:
+        name:
+            f"figure_{figure_name}"
+        input:
+            **figure_inputs,
+        output:
+            figure(figure_name),
+        params:
+            options=FIGURE_OPTIONS.get(figure_name, {}),
+            code=CODE["figures"],
+        log:
+            results(f"logs/figures/{figure_name}.log"),
+        localrule: True
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            ENV
+        message:
+            f"Drawing figure {figure_name}"
+        script:
+            "../scripts/figure.py"

@@ -1,0 +1,28 @@
+# Training stage (SPEC 5, 6, 8): one job per (experiment, condition, seed) of every experiment.
+# The job's params are its run spec (config.run_specs) and the hash of the code it runs: editing
+# one condition's eta reruns exactly the runs of that condition and what is computed from them.
+
+
+rule train:
+    """Train one network with its learning rule; per-iteration metrics, evaluations, weights."""
+    input:
+        unpack(train_inputs),
+    output:
+        directory(results("runs/{experiment}/{condition}/seed{seed}")),
+    params:
+        spec=run_spec,
+        code=CODE["train"],
+    log:
+        results("logs/train/{experiment}/{condition}/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/train/{experiment}/{condition}/seed{seed}.tsv")
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=train_runtime,
+    conda:
+        ENV
+    message:
+        "Training {wildcards.experiment}/{wildcards.condition}, seed {wildcards.seed}"
+    script:
+        "../scripts/train.py"
