@@ -292,19 +292,27 @@ def weight_updates(
     The step is ``W_l += eta * dW_l``, ``b += eta * db`` (``sgd_step_``). With bias off ``db``
     is zero. ``dW_out``/``db_out`` are optional buffers written in place.
     """
-    dW, db = [], []
-    for l in range(net.d):
-        if dW_out is None:
-            dW.append(L[l].T @ delta[l + 1])
-        else:
-            dW.append(torch.mm(L[l].T, delta[l + 1], out=dW_out[l]))
-        if db_out is None:
-            db.append(delta[l + 1].sum(0) if net.bias else torch.zeros_like(net.b[l]))
-        elif net.bias:
-            db.append(torch.sum(delta[l + 1], 0, out=db_out[l]))
-        else:
-            db.append(db_out[l].zero_())
-    return dW, db
+    return dW_updates(L, delta, out=dW_out), db_updates(net, delta, out=db_out)
+
+
+def dW_updates(
+    L: Sequence[Tensor], delta: Sequence[Tensor | None], *, out: Sequence[Tensor] | None = None
+) -> list[Tensor]:
+    """``dW_l = L_l^T delta_{l+1}`` for ``l = 0..d-1``."""
+    if out is None:
+        return [L[l].T @ delta[l + 1] for l in range(len(L) - 1)]
+    return [torch.mm(L[l].T, delta[l + 1], out=out[l]) for l in range(len(L) - 1)]
+
+
+def db_updates(
+    net: Network, delta: Sequence[Tensor | None], *, out: Sequence[Tensor] | None = None
+) -> list[Tensor]:
+    """``db_l = 1^T delta_l`` for ``l = 1..d`` (``db[l-1]`` is ``db_l``); zeros with bias off."""
+    if not net.bias:
+        return [torch.zeros_like(b) for b in net.b] if out is None else [o.zero_() for o in out]
+    if out is None:
+        return [delta[l].sum(0) for l in range(1, net.d + 1)]
+    return [torch.sum(delta[l], 0, out=out[l - 1]) for l in range(1, net.d + 1)]
 
 
 def sgd_step_(net: Network, dW: Sequence[Tensor], db: Sequence[Tensor], eta: float) -> None:

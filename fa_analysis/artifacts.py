@@ -1,0 +1,137 @@
+"""Atomic, self-describing outputs (docs/design.md, "Run artifact").
+
+A file is written to a temporary name in its own directory and renamed into place; a run
+directory is filled as a temporary sibling and renamed into place when complete, so a killed
+job never leaves a file or directory that Snakemake could take for a finished output.
+``code_version`` names the package version and a hash of the package's sources, so every
+artifact says which code made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+import fa_analysis
+
+PACKAGE_DIR = Path(fa_analysis.__file__).resolve().parent
+
+
+def _hash_files(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _module_path(module: str | ModuleType) -> Path:
+    if isinstance(module, ModuleType):
+        return Path(module.__file__).resolve()
+    name = module.removeprefix("fa_analysis.")
+    path = PACKAGE_DIR / f"{name.replace('.', '/')}.py"
+    if not path.is_file():
+        raise ValueError(f"source_hash: no module {module!r} in {PACKAGE_DIR} (expected {path})")
+    return path
+
+
+def source_hash(modules: Iterable[str | ModuleType] | None = None) -> str:
+    """SHA-256 (hex) of the sources of the named package modules (e.g. ``["network", "train"]``).
+
+    ``None`` hashes every ``.py`` file of the package. The names enter the hash, so moving code
+    between modules changes it.
+    """
+    if modules is None:
+        paths = sorted(PACKAGE_DIR.rglob("*.py"))
+    else:
+        paths = sorted({_module_path(m) for m in modules})
+    return _hash_files(paths)
+
+
+def code_version() -> str:
+    """``"<package version>+<first 12 hex digits of the hash of all package sources>"``."""
+    return f"{fa_analysis.__version__}+{source_hash()[:12]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON (indented, keys in insertion order) written atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def atomic_write_parquet(path: str | os.PathLike, frame) -> Path:
+    """A pandas DataFrame as Parquet (pyarrow), written atomically."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Arrays as an uncompressed ``.npz``, written atomically (``path`` should end in ``.npz``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic directories
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir``; on success move it into place as ``out_dir``.
+
+    An existing ``out_dir`` is replaced only once the new one is complete. On an exception the
+    temporary directory is removed and ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{tag}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)

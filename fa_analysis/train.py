@@ -1,0 +1,682 @@
+"""The training loop, its per-iteration metrics, evaluation, snapshots and divergence (SPEC 5).
+
+``train_run(spec, dataset, out_dir)`` trains one network with plain SGD under the rule of
+``spec`` (``bp``, ``fa`` or ``dfa``), optionally with WN, and writes the run directory of
+docs/design.md. Every draw comes from the run seed ``s``: the initialisation from ``s``, the
+code map of phase ``p`` from ``s + 10_000 (p + 1)``, the minibatch order from ``s + 1_000_003``.
+
+Per-iteration metrics are measured on the state *before* step ``k``. Every step also computes
+the other rule's deltas on the same batch and state (for a BP run, FA's; for an FA run, BP's --
+the "BP shadow update"; a DFA run computes both), so ``angle(dW^FA_l, dW^BP_l)`` exists for every
+run. The loop records only Frobenius products -- one small Gram matrix per layer of the rows
+``[W, B^T, dW, dW^other...]`` -- and turns them into angles and norms once, at the end.
+
+Speed: ``W`` and ``b`` are views into one flat row ``theta = [W_0 .. W_{d-1} | b_1 .. b_d]``
+(the snapshot layout), the updates likewise, so the step is one ``theta += eta dtheta``. ``Z``,
+``L``, ``f'`` and the deltas of all layers are column blocks of one buffer each, so ``f'`` is one
+call for all layers. Nothing syncs with the device inside an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from fa_analysis import artifacts, data
+from fa_analysis.measures import angle_deg, angle_from_products
+from fa_analysis.network import (
+    ACTIVATIONS,
+    RULES,
+    Network,
+    backward_deltas,
+    db_updates,
+    dW_updates,
+    forward,
+    init_network,
+    output_error,
+)
+from fa_analysis.normalization import normalize_columns_, unit_columns_
+
+TARGETS = {"five_hot": 50, "one_hot": 10}  # output units each code kind needs
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+ORDER_SEED_OFFSET = 1_000_003
+
+
+# --------------------------------------------------------------------------------------------
+# The run spec
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The config slice of one training job (docs/design.md, "Run specs"); validated on creation."""
+
+    experiment: str = "main"
+    condition: str = "custom"
+    seed: int = 0
+    sizes: tuple[int, ...] = (225, 50, 50, 50, 50, 50)
+    activation: str = "tanh_relu"
+    init_std: float = 0.1
+    bias: bool = True
+    targets: str = "five_hot"
+    rule: str = "fa"
+    eta: float = 5e-4
+    wn: bool = False
+    gamma: float | None = None
+    ibn: bool = False
+    batch_size: int = 1000
+    epochs: int = 100
+    reshuffle: bool = False
+    snapshot_every: int = 3
+    metrics: bool = True
+    label_noise: float = 0
+    phases: tuple[int, ...] | None = None  # None: one phase of `epochs`
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    observers: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "sizes", tuple(self.sizes) if isinstance(self.sizes, (list, tuple)) else self.sizes)
+        if self.phases is None and _is_int(self.epochs):
+            set_(self, "phases", (self.epochs,))
+        elif isinstance(self.phases, (list, tuple)):
+            set_(self, "phases", tuple(self.phases))
+        for key in ("init_std", "eta", "gamma", "label_noise"):
+            value = getattr(self, key)
+            if _is_int(value):
+                set_(self, key, float(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        _choice("rule", self.rule, RULES)
+        _choice("activation", self.activation, tuple(ACTIVATIONS))
+        _choice("targets", self.targets, tuple(TARGETS))
+        _choice("dtype", self.dtype, tuple(DTYPES))
+        for key in ("experiment", "condition"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
+        for key in ("bias", "wn", "ibn", "reshuffle", "metrics"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.sizes, tuple) or len(self.sizes) < 2 or not all(
+            _is_int(n) and n >= 1 for n in self.sizes
+        ):
+            raise ValueError(f"sizes must list at least two positive integers, got {self.sizes!r}")
+        if self.sizes[-1] != TARGETS[self.targets]:
+            raise ValueError(
+                f"sizes ends in {self.sizes[-1]} output units but targets {self.targets!r} needs "
+                f"{TARGETS[self.targets]}: set the last entry of sizes to {TARGETS[self.targets]}"
+            )
+        for key in ("init_std", "eta"):
+            value = getattr(self, key)
+            if not isinstance(value, float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std!r}")
+        if self.wn and (not isinstance(self.gamma, float) or not self.gamma > 0):
+            raise ValueError(f"gamma (the WN column norm) must be a positive number when wn is true, got {self.gamma!r}")
+        if not self.wn and self.gamma is not None:
+            raise ValueError(f"gamma is set ({self.gamma!r}) but wn is false: remove gamma or set wn: true")
+        for key, low in (("batch_size", 1), ("epochs", 1), ("snapshot_every", 0), ("threads", 1)):
+            value = getattr(self, key)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.label_noise, float) or not 0 <= self.label_noise <= 100:
+            raise ValueError(f"label_noise must be a percentage in [0, 100], got {self.label_noise!r}")
+        if (
+            not isinstance(self.phases, tuple)
+            or not self.phases
+            or not all(_is_int(p) and p >= 1 for p in self.phases)
+            or sum(self.phases) != self.epochs
+        ):
+            raise ValueError(
+                f"phases must be a list of positive epoch counts summing to epochs={self.epochs}, got {self.phases!r}"
+            )
+        if not isinstance(self.observers, dict):
+            raise ValueError(f"observers must be a mapping (e.g. {{}}), got {self.observers!r}")
+        _check_device(self.device)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> RunSpec:
+        """Build from a plain dict (``config.run_specs``); unknown keys are an error naming them."""
+        accepted = [f.name for f in fields(cls)]
+        unknown = sorted(set(spec) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown run spec key(s) {unknown}; accepted keys: {accepted}")
+        return cls(**dict(spec))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (lists for tuples), the inverse of ``from_dict``."""
+        out = asdict(self)
+        out["sizes"] = list(self.sizes)
+        out["phases"] = list(self.phases)
+        return out
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{self.condition}/seed{self.seed}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _choice(key: str, value: Any, accepted: Sequence[str]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{key} must be one of {list(accepted)}, got {value!r}")
+
+
+def _check_device(device: Any) -> None:
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} was asked for but CUDA is not available on this machine: "
+                "set training.device: cpu, or run the job on a node with a GPU"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+# --------------------------------------------------------------------------------------------
+# Observers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepState:
+    """What one step computed, handed to observers before the update is applied.
+
+    Tensors are views into buffers the loop reuses at the next step: clone what you keep.
+    ``X = L[0]`` is the batch input, ``Y`` its targets, ``labels`` its (possibly noisy) class
+    labels, ``batch_index`` its dataset indices; ``Z``, ``L``, ``fprime`` (``f'(Z_l)``),
+    ``delta`` (of the driving rule) are lists of length ``d+1``; ``dW``, ``db`` are the updates
+    without ``eta`` (the step is ``W += eta dW``).
+    """
+
+    X: Tensor
+    Y: Tensor
+    labels: Tensor
+    batch_index: Tensor
+    Z: list[Tensor | None]
+    L: list[Tensor]
+    delta: list[Tensor | None]
+    dW: list[Tensor]
+    db: list[Tensor]
+    eta: float
+    fprime: list[Tensor | None]
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """An extra per-iteration analysis (e.g. alignment terms, shadow weights).
+
+    ``start`` is called once after initialisation (WN and IBN applied), ``step(k, net, state)``
+    at every iteration after the updates are computed and before they are applied (``net``
+    holds the state at ``k``), ``finish`` once at the end (also after divergence); each
+    DataFrame it returns is written as ``{name}.parquet`` into the run directory.
+    """
+
+    def start(self, net: Network, spec: RunSpec, num_iterations: int, device: torch.device) -> None: ...
+
+    def step(self, k: int, net: Network, state: StepState) -> None: ...
+
+    def finish(self) -> dict[str, pd.DataFrame]: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What ``train_run`` returns: status, final test accuracy and loss (None if diverged), paths."""
+
+    status: str
+    final_test_accuracy: float | None
+    final_test_loss: float | None
+    run_dir: Path
+    files: dict[str, Path]
+    divergence: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Buffers: W, b and updates as views into one flat tensor; activations as column blocks
+# --------------------------------------------------------------------------------------------
+
+THETA, BT, DRIVE = 0, 1, 2  # rows of the bank; rows 3 (and 4 for DFA) hold the shadow updates
+
+
+class _Buffers:
+    """Preallocated memory of the loop.
+
+    ``bank`` is ``(R, P)``: row ``THETA`` = ``[W_0 .. W_{d-1} | b_1 .. b_d]`` flattened (the live
+    network is views into it), row ``BT`` = ``[B_1^T .. ]`` in the layout of W (zeros for
+    layer 0 and the biases), row ``DRIVE`` = the driving rule's ``[dW | db]``, the rows after it
+    the other rules' ``dW``. ``Z``, ``L``, ``f'`` and deltas are ``(n_b, n_1 + .. + n_d)`` with
+    layer ``l`` in columns ``cols[l]``.
+    """
+
+    def __init__(self, net: Network, shadow_rules: Sequence[str], batch_size: int, device, dtype):
+        sizes, d = net.sizes, net.d
+        self.d = d
+        w_numel = [sizes[l] * sizes[l + 1] for l in range(d)]
+        self.w_bounds = np.concatenate([[0], np.cumsum(w_numel)]).tolist()
+        P_W = self.w_bounds[-1]
+        N = sum(sizes[1:])
+        self.P_W, self.N = P_W, N
+        self.bank = torch.zeros(DRIVE + 1 + len(shadow_rules), P_W + N, device=device, dtype=dtype)
+        col_bounds = np.concatenate([[0], np.cumsum(sizes[1:])]).tolist()
+        self.cols = [None] + [slice(col_bounds[l - 1], col_bounds[l]) for l in range(1, d + 1)]
+
+        def w_views(row: int) -> list[Tensor]:
+            return [
+                self.bank[row, self.w_bounds[l] : self.w_bounds[l + 1]].view(sizes[l], sizes[l + 1])
+                for l in range(d)
+            ]
+
+        def b_views(row: int) -> list[Tensor]:
+            return [self.bank[row, P_W + col_bounds[l] : P_W + col_bounds[l + 1]] for l in range(d)]
+
+        self.theta = self.bank[THETA]
+        self.W, self.b = w_views(THETA), b_views(THETA)
+        for l in range(d):
+            self.W[l].copy_(net.W[l])
+            self.b[l].copy_(net.b[l])
+        for l in range(1, d):
+            w_views(BT)[l].copy_(net.B[l].T)
+        self.net = Network(W=self.W, b=self.b, B=net.B, D=net.D, activation=net.activation, bias=net.bias)
+        self.dtheta = self.bank[DRIVE]
+        self.dW, self.db = w_views(DRIVE), b_views(DRIVE)
+        self.shadow_dW = [w_views(DRIVE + 1 + i) for i in range(len(shadow_rules))]
+
+        def blocks(buffer: Tensor) -> list[Tensor | None]:
+            return [None] + [buffer[:, self.cols[l]] for l in range(1, d + 1)]
+
+        nb = batch_size
+        self.X = torch.empty(nb, sizes[0], device=device, dtype=dtype)
+        self.Y = torch.empty(nb, sizes[-1], device=device, dtype=dtype)
+        self.labels = torch.empty(nb, device=device, dtype=torch.int64)
+        self.E = torch.empty(nb, sizes[-1], device=device, dtype=dtype)
+        self.Z_all, self.L_all, self.fprime_all = (torch.empty(nb, N, device=device, dtype=dtype) for _ in range(3))
+        self.Z, self.L, self.fprime = blocks(self.Z_all), blocks(self.L_all), blocks(self.fprime_all)
+        self.L[0] = self.X
+        self.delta_all = torch.empty(nb, N, device=device, dtype=dtype)
+        self.delta = blocks(self.delta_all)
+        self.shadow_delta = []
+        for _ in shadow_rules:
+            buffer = blocks(torch.empty(nb, N, device=device, dtype=dtype))
+            buffer[d] = self.delta[d]  # delta_d = E * f'(Z_d) under every rule
+            self.shadow_delta.append(buffer)
+        self.delta_sq = torch.empty(nb, N, device=device, dtype=dtype)
+        self.delta_col_sq = torch.empty(N, device=device, dtype=dtype)
+        # (d, N) 0/1 matrix summing the columns of each layer's block: per-layer ||delta_l||^2
+        self.layer_of_col = torch.zeros(d, N, device=device, dtype=dtype)
+        for l in range(1, d + 1):
+            self.layer_of_col[l - 1, self.cols[l]] = 1
+
+    def layer_rows(self, l: int) -> Tensor:
+        """``(R, n_l n_{l+1})``: layer ``l``'s ``W``, ``B^T``, ``dW`` and shadow ``dW`` flattened."""
+        return self.bank[:, self.w_bounds[l] : self.w_bounds[l + 1]]
+
+
+# --------------------------------------------------------------------------------------------
+# The training run
+# --------------------------------------------------------------------------------------------
+
+
+def train_run(
+    spec: RunSpec | Mapping[str, Any],
+    dataset: data.PreparedData,
+    out_dir: str | Path,
+    observers: Sequence[Observer] = (),
+    log: Callable[[str], Any] = print,
+    labels: Tensor | np.ndarray | None = None,
+) -> RunResult:
+    """Train one network (SPEC 5) and write its run directory ``out_dir`` (docs/design.md).
+
+    ``dataset`` has ``X_train``, ``y_train``, ``X_test``, ``y_test`` (``data.load_prepared``);
+    ``labels`` replaces ``y_train`` (the noisy labels of ``spec.label_noise``). Divergence
+    (a non-finite loss or weight) stops the run with status ``"diverged"``, not an exception;
+    every artifact is still written. ``log`` receives one progress line per epoch.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(spec, RunSpec):
+        spec = RunSpec.from_dict(spec)
+    observers = list(observers)
+    device, dtype = torch.device(spec.device), DTYPES[spec.dtype]
+    X_train, y_train, X_test, y_test = _check_dataset(spec, dataset, labels, observers)
+    torch.set_num_threads(spec.threads)
+
+    # --- state at k = 0: seeded init, WN, IBN (SPEC 2-3)
+    net0 = init_network(
+        spec.sizes, spec.init_std, bias=spec.bias, activation=spec.activation, seed=spec.seed,
+        device=device, dtype=dtype,
+    )
+    if spec.wn:
+        normalize_columns_(net0.W, spec.gamma)
+    if spec.ibn:
+        unit_columns_(net0.B)
+    shadow_rules = [r for r in ("fa", "bp") if r != spec.rule] if spec.metrics else []
+    buf = _Buffers(net0, shadow_rules, spec.batch_size, device, dtype)
+    net, d = buf.net, buf.d
+    init_weights = _weights_dict(net, "init")
+
+    X_train, y_train = X_train.to(device, dtype), y_train.to(device)
+    X_test, y_test = X_test.to(device, dtype), y_test.to(device)
+    n_batches = X_train.shape[0] // spec.batch_size
+    K = spec.epochs * n_batches
+    s = spec.snapshot_every
+    snap_iters = list(range(0, K, s)) + [K] if s > 0 else []
+    snapshots = torch.empty(len(snap_iters), buf.bank.shape[1], device=device, dtype=torch.float32)
+    loss_raw = torch.full((K,), float("nan"), device=device, dtype=dtype)
+    R = buf.bank.shape[0]
+    gram = torch.full((K, d, R, R), float("nan"), device=device, dtype=dtype) if spec.metrics else None
+    delta_sq = torch.full((K, d), float("nan"), device=device, dtype=dtype) if spec.metrics else None
+    row_of = {spec.rule: DRIVE, **{r: DRIVE + 1 + i for i, r in enumerate(shadow_rules)}}
+    fprime_fn = ACTIVATIONS[spec.activation].fprime
+    for observer in observers:
+        observer.start(net, spec, K, device)
+
+    evaluations: list[dict[str, Any]] = []
+    divergence: dict[str, Any] | None = None
+    phase_ends = np.cumsum(spec.phases).tolist()
+    phase_of_epoch = [sum(e >= end for end in phase_ends) for e in range(spec.epochs)]
+    codes = _codes(spec, 0, device, dtype)
+    t_init = time.perf_counter() - t_start
+    t_train = t_eval = 0.0
+
+    def evaluate(epoch: int, phase: int, codes: Tensor) -> None:
+        nonlocal t_eval
+        t0 = time.perf_counter()
+        accuracy, test_loss = _evaluate(net, X_test, y_test, codes)
+        evaluations.append(
+            {"epoch": epoch, "iteration": epoch * n_batches, "phase": phase,
+             "test_accuracy": accuracy, "test_loss": test_loss}
+        )
+        t_eval += time.perf_counter() - t0
+
+    k, epoch_rate = 0, float("nan")
+    for epoch in range(spec.epochs):
+        phase = phase_of_epoch[epoch]
+        if epoch > 0 and phase != phase_of_epoch[epoch - 1]:
+            evaluate(epoch, phase - 1, codes)  # end of the old phase, old code map
+            codes = _codes(spec, phase, device, dtype)
+        evaluate(epoch, phase, codes)
+        _log_epoch(log, spec, epoch, loss_raw, n_batches, evaluations[-1], net, epoch_rate)
+        t0 = time.perf_counter()
+        order = data.batch_order(X_train.shape[0], spec.batch_size, epoch, spec.reshuffle, spec.seed + ORDER_SEED_OFFSET)
+        batches = order.to(device).view(n_batches, spec.batch_size)
+        for i in range(n_batches):
+            if s > 0 and k % s == 0:
+                snapshots[k // s].copy_(buf.theta)
+            batch_index = batches[i]
+            torch.index_select(X_train, 0, batch_index, out=buf.X)
+            torch.index_select(y_train, 0, batch_index, out=buf.labels)
+            torch.index_select(codes, 0, buf.labels, out=buf.Y)
+
+            # forward, error, loss, f' for all layers at once (SPEC 1)
+            Z, L = forward(net, buf.X, buf.Z, buf.L)
+            E = output_error(buf.Y, L[d], out=buf.E)
+            e = E.view(-1)
+            torch.dot(e, e, out=loss_raw[k])  # 2 * loss; halved at the end
+            fprime_fn(buf.Z_all, buf.L_all, buf.fprime_all)
+            fprime = buf.fprime
+
+            # the driving rule's deltas and updates
+            delta = backward_deltas(net, Z, L, E, spec.rule, fprime=fprime, out=buf.delta)
+            dW = dW_updates(L, delta, out=buf.dW)
+            db = db_updates(net, delta, out=buf.db)
+
+            if spec.metrics:
+                for rule, shadow_delta, shadow_dW in zip(shadow_rules, buf.shadow_delta, buf.shadow_dW):
+                    backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta)
+                    dW_updates(L, shadow_delta, out=shadow_dW)
+                for l in range(d):
+                    rows = buf.layer_rows(l)
+                    torch.mm(rows, rows.T, out=gram[k, l])
+                torch.mul(buf.delta_all, buf.delta_all, out=buf.delta_sq)
+                torch.sum(buf.delta_sq, 0, out=buf.delta_col_sq)
+                torch.mv(buf.layer_of_col, buf.delta_col_sq, out=delta_sq[k])
+
+            if observers:
+                state = StepState(
+                    X=buf.X, Y=buf.Y, labels=buf.labels, batch_index=batch_index, Z=Z, L=L,
+                    delta=delta, dW=dW, db=db, eta=spec.eta, fprime=fprime,
+                )
+                for observer in observers:
+                    observer.step(k, net, state)
+
+            # the step (SPEC 1) and WN after it (SPEC 3)
+            buf.theta.add_(buf.dtheta, alpha=spec.eta)
+            if spec.wn:
+                normalize_columns_(net.W, spec.gamma)
+            k += 1
+        elapsed = time.perf_counter() - t0
+        t_train += elapsed
+        epoch_rate = n_batches / elapsed if elapsed > 0 else float("inf")
+        divergence = _find_divergence(loss_raw, gram, buf.theta, k - n_batches, k)
+        if divergence is not None:
+            log(f"[{spec.name}] diverged at iteration {divergence['iteration']}: {divergence['reason']}")
+            break
+    if divergence is None:
+        evaluate(spec.epochs, phase_of_epoch[-1], codes)
+        _log_epoch(log, spec, spec.epochs, loss_raw, n_batches, evaluations[-1], net, epoch_rate)
+        if s > 0:
+            snapshots[-1].copy_(buf.theta)
+        rows_done, snaps_done = K, len(snap_iters)
+    else:
+        rows_done = min(divergence["iteration"] + 1, k)
+        snaps_done = sum(1 for it in snap_iters if it < rows_done)
+
+    # --- artifacts
+    t0 = time.perf_counter()
+    metrics = _metrics_frame(spec, loss_raw[:rows_done], gram, delta_sq, rows_done, n_batches, row_of)
+    observer_frames = {}
+    for observer in observers:
+        observer_frames.update(observer.finish())
+    status = "completed" if divergence is None else "diverged"
+    final = evaluations[-1] if divergence is None else None
+    out_dir = Path(out_dir)
+    with artifacts.staged_dir(out_dir) as tmp:
+        artifacts.atomic_write_parquet(tmp / "metrics.parquet", metrics)
+        artifacts.atomic_write_parquet(tmp / "evaluation.parquet", pd.DataFrame(evaluations, columns=_EVAL_COLUMNS))
+        artifacts.atomic_write_npz(
+            tmp / "snapshots.npz",
+            iterations=np.asarray(snap_iters[:snaps_done], dtype=np.int64),
+            theta=snapshots[:snaps_done].cpu().numpy(),
+            shapes=np.asarray(json.dumps({"W": [list(w.shape) for w in net.W], "b": [list(b.shape) for b in net.b]})),
+        )
+        artifacts.atomic_write_npz(tmp / "weights.npz", **init_weights, **_weights_dict(net, "final"))
+        for name, frame in observer_frames.items():
+            artifacts.atomic_write_parquet(tmp / f"{name}.parquet", frame)
+        t_write = time.perf_counter() - t0
+        run_info = {
+            "spec": spec.to_dict(),
+            "seed": spec.seed,
+            "code_version": artifacts.code_version(),
+            "status": status,
+            "divergence": divergence,
+            "iterations": {"planned": K, "done": k, "per_epoch": n_batches},
+            "final": None if final is None else {k_: final[k_] for k_ in ("test_accuracy", "test_loss")},
+            "timings": {
+                "init_s": t_init, "train_s": t_train, "evaluation_s": t_eval, "write_s": t_write,
+                "total_s": time.perf_counter() - t_start,
+                "iterations_per_s": k / t_train if t_train > 0 else None,
+            },
+            "device": _device_name(device),
+            "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "dataset": dict(getattr(dataset, "metadata", {}) or {}),
+            "observers": sorted(observer_frames),
+        }
+        artifacts.atomic_write_json(tmp / "run.json", run_info)
+    files = {"metrics": out_dir / "metrics.parquet", "evaluation": out_dir / "evaluation.parquet",
+             "snapshots": out_dir / "snapshots.npz", "weights": out_dir / "weights.npz", "run": out_dir / "run.json"}
+    files.update({name: out_dir / f"{name}.parquet" for name in observer_frames})
+    return RunResult(
+        status=status,
+        final_test_accuracy=None if final is None else final["test_accuracy"],
+        final_test_loss=None if final is None else final["test_loss"],
+        run_dir=out_dir,
+        files=files,
+        divergence=divergence,
+    )
+
+
+_EVAL_COLUMNS = ["epoch", "iteration", "phase", "test_accuracy", "test_loss"]
+
+
+def _check_dataset(spec: RunSpec, dataset, labels, observers) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The dataset's tensors, after checking them against the spec (before any compute)."""
+    for key in ("X_train", "y_train", "X_test", "y_test"):
+        if not hasattr(dataset, key):
+            raise ValueError(f"dataset has no {key!r}: pass data.load_prepared(path)")
+    X_train, X_test = torch.as_tensor(dataset.X_train), torch.as_tensor(dataset.X_test)
+    y_train = torch.as_tensor(dataset.y_train if labels is None else labels).to(torch.int64)
+    y_test = torch.as_tensor(dataset.y_test).to(torch.int64)
+    for key, X, y in (("train", X_train, y_train), ("test", X_test, y_test)):
+        if X.ndim != 2 or X.shape[1] != spec.sizes[0]:
+            raise ValueError(
+                f"X_{key} has shape {tuple(X.shape)} but sizes[0] = {spec.sizes[0]}: the input layer "
+                "must match the flattened image size (image_size**2)"
+            )
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"{'labels' if key == 'train' and labels is not None else 'y_' + key} has shape "
+                             f"{tuple(y.shape)}, expected ({X.shape[0]},)")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= data.N_CLASSES):
+            raise ValueError(f"{key} labels must be classes 0..{data.N_CLASSES - 1}")
+    if spec.batch_size > X_train.shape[0]:
+        raise ValueError(
+            f"batch_size {spec.batch_size} exceeds the {X_train.shape[0]} training examples: "
+            "lower batch_size or use more training data"
+        )
+    if spec.label_noise > 0 and labels is None:
+        raise ValueError(
+            f"label_noise is {spec.label_noise} % but no labels were passed: pass the noisy labels "
+            "(data.load_labels) as labels="
+        )
+    for observer in observers:
+        if not isinstance(observer, Observer):
+            raise ValueError(f"observer {observer!r} lacks start/step/finish (see train.Observer)")
+    return X_train, y_train, X_test, y_test
+
+
+def _codes(spec: RunSpec, phase: int, device, dtype) -> Tensor:
+    return data.phase_codes(spec.targets, spec.seed, phase).to(device=device, dtype=dtype)
+
+
+def _evaluate(net: Network, X: Tensor, y: Tensor, codes: Tensor, chunk: int = 10_000) -> tuple[float, float]:
+    """Test accuracy (``decode`` of the outputs) and test loss (summed loss / number of images)."""
+    correct = torch.zeros((), device=X.device, dtype=torch.int64)
+    total = torch.zeros((), device=X.device, dtype=torch.float64)
+    for start in range(0, X.shape[0], chunk):
+        _, L = forward(net, X[start : start + chunk])
+        y_chunk = y[start : start + chunk]
+        correct += (data.decode(L[-1], codes) == y_chunk).sum()
+        E = output_error(codes[y_chunk], L[-1])
+        total += 0.5 * (E.to(torch.float64) ** 2).sum()
+    n = max(X.shape[0], 1)
+    return correct.item() / n, total.item() / n
+
+
+def _find_divergence(loss_raw: Tensor, gram: Tensor | None, theta: Tensor, k0: int, k1: int) -> dict | None:
+    """The first iteration in ``[k0, k1)`` with a non-finite loss or weight, or the state at ``k1``."""
+    bad = ~torch.isfinite(loss_raw[k0:k1])
+    if gram is not None:
+        bad |= ~torch.isfinite(gram[k0:k1, :, THETA, THETA]).all(dim=1)
+    if bad.any():
+        first = int(torch.nonzero(bad)[0])
+        reason = "non-finite loss" if not torch.isfinite(loss_raw[k0 + first]) else "non-finite weights"
+        return {"iteration": k0 + first, "reason": reason}
+    if not bool(torch.isfinite(theta).all()):
+        return {"iteration": k1, "reason": "non-finite weights"}
+    return None
+
+
+def _metrics_frame(spec: RunSpec, loss_raw, gram, delta_sq, rows: int, n_batches: int, row_of: dict) -> pd.DataFrame:
+    """The per-iteration table of docs/design.md from the recorded Frobenius products."""
+    iteration = np.arange(rows)
+    columns: dict[str, Any] = {
+        "iteration": iteration,
+        "epoch": iteration // n_batches,
+        "loss": (0.5 * loss_raw.to(torch.float64)).cpu().numpy(),
+    }
+    if gram is None:
+        return pd.DataFrame(columns)
+    G = gram[:rows].to(torch.float64).cpu()
+    d = G.shape[1]
+    fa, bp = row_of["fa"], row_of["bp"]
+
+    def g(l: int | slice, i: int, j: int) -> Tensor:
+        return G[:, l, i, j]
+
+    hidden = slice(1, d)
+    columns["angle_W_Bt_all"] = angle_from_products(
+        g(hidden, THETA, BT).sum(1), g(hidden, THETA, THETA).sum(1), g(hidden, BT, BT).sum(1)
+    ).numpy()
+    for l in range(1, d):
+        columns[f"angle_W_Bt_{l}"] = angle_from_products(g(l, THETA, BT), g(l, THETA, THETA), g(l, BT, BT)).numpy()
+    for l in range(d):
+        columns[f"angle_dWfa_dWbp_{l}"] = angle_from_products(g(l, fa, bp), g(l, fa, fa), g(l, bp, bp)).numpy()
+    for l in range(1, d):
+        columns[f"angle_dW_Bt_{l}"] = angle_from_products(g(l, DRIVE, BT), g(l, DRIVE, DRIVE), g(l, BT, BT)).numpy()
+    for l in range(d):
+        columns[f"angle_dW_W_{l}"] = angle_from_products(g(l, DRIVE, THETA), g(l, DRIVE, DRIVE), g(l, THETA, THETA)).numpy()
+    norm_W = torch.sqrt(G[:, :, THETA, THETA])
+    norm_dW = torch.sqrt(G[:, :, DRIVE, DRIVE])
+    for l in range(d):
+        columns[f"norm_W_{l}"] = norm_W[:, l].numpy()
+    for l in range(d):
+        columns[f"norm_W_rel_{l}"] = (norm_W[:, l] / norm_W[0, l]).numpy()
+    for l in range(d):
+        columns[f"ratio_dW_W_{l}"] = (spec.eta * norm_dW[:, l] / norm_W[:, l]).numpy()
+    norm_delta = torch.sqrt(delta_sq[:rows].to(torch.float64).cpu())
+    for l in range(1, d + 1):
+        columns[f"norm_delta_{l}"] = norm_delta[:, l - 1].numpy()
+    return pd.DataFrame(columns)
+
+
+def _weights_dict(net: Network, when: str) -> dict[str, np.ndarray]:
+    """``W{l}_{when}`` (l = 0..d-1), ``b{l}_{when}`` (l = 1..d), and ``B{l}``, ``D{l}`` (l = 1..d-1)."""
+    out = {f"W{l}_{when}": W.detach().cpu().numpy().copy() for l, W in enumerate(net.W)}
+    out.update({f"b{l + 1}_{when}": b.detach().cpu().numpy().copy() for l, b in enumerate(net.b)})
+    if when == "init":
+        out.update({f"B{l}": net.B[l].cpu().numpy().copy() for l in range(1, net.d)})
+        out.update({f"D{l}": net.D[l].cpu().numpy().copy() for l in range(1, net.d)})
+    return out
+
+
+def _log_epoch(log, spec: RunSpec, epoch: int, loss_raw: Tensor, n_batches: int, evaluation: dict, net: Network, rate: float) -> None:
+    train_loss = 0.5 * loss_raw[(epoch - 1) * n_batches : epoch * n_batches].mean().item() if epoch else math.nan
+    angles = " ".join(f"{angle_deg(net.W[l], net.B[l].T).item():.1f}" for l in range(1, net.d))
+    log(
+        f"[{spec.name}] epoch {epoch}/{spec.epochs} train_loss {train_loss:.2f} "
+        f"test_acc {evaluation['test_accuracy']:.4f} test_loss {evaluation['test_loss']:.3f} "
+        f"angle(W_l,B_l^T) {angles} | {rate:.1f} it/s"
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
