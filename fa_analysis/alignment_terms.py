@@ -1,0 +1,408 @@
+"""Alignment terms of feedback alignment (SPEC section 6, the paper's core object).
+
+For an FA run without WN, ``W_{l-1}[k] = W_{l-1}[0] + sum_{o=1..k} eta dW_{l-1}[k-o]`` with
+``dW_{l-1}[j] = L_{l-1}[j]^T delta_l[j]`` and ``delta_l[j] = (delta_{l+1}[j] B_l) * f'(Z_l[j])``.
+Writing ``L_l[k] = f(L_{l-1}[k] W_{l-1}[k] + b_l)`` as a telescoping sum over the past updates and
+expanding each step to first order gives, for ``l = 1..d-1``,
+
+    Delta W_l[k] = eta L_l[k]^T delta_{l+1}[k]
+                 ~ sum_{o=1..k} T^o_l[k]  +  eta f(L_{l-1}[k] W_{l-1}[0] + b_l)^T delta_{l+1}[k]  +  R_l[k]
+
+with the **nonlinear term**
+
+    T^o_l[k] = eta^2 [ f'(zeta^o)^T * ( (f'(Z_l[k-o])^T * B_l^T delta_{l+1}[k-o]^T) L_{l-1}[k-o] L_{l-1}[k]^T ) ] delta_{l+1}[k],
+    zeta^o   = L_{l-1}[k] W_{l-1}[k-o] + b_l,
+
+the **linear term** (f' set to 1)
+
+    T^o_l[k] = eta^2 B_l^T M^o_l[k],   M^o_l[k] = P_l[k-o]^T P_l[k],   P_l[j] = L_{l-1}[j]^T delta_{l+1}[j],
+
+whose sum over all lags is a running sum, ``sum_o M^o_l[k] = (sum_{j<k} P_l[j])^T P_l[k]``, the
+**zero-degree term** ``eta f(L_{l-1}[k] W_{l-1}[0] + b_l)^T delta_{l+1}[k]`` and the remainder ``R_l``.
+``T^o`` points along ``B_l^T`` when ``M`` is near symmetric positive semi-definite (for a skew ``M``,
+``<B_l^T, B_l^T M> = tr(B_l B_l^T M) = 0``): auto-correlation of ``L``/``delta`` (the same
+minibatch again at lag o) or their cross-correlation gives that.
+
+Choices made here (documented in the tables' docstrings too):
+
+- ``b_l`` is the bias at step k, ``b_l[k]``, in ``zeta^o`` and in the zero-degree term. The
+  telescoping sum then runs over the weight updates only and is exact up to the first-order
+  expansion; the bias updates need no terms of their own.
+- The remainder is measured against the **linear** expansion summed over all lags,
+  ``R_l[k] = Delta W_l[k] - zero-degree - eta^2 B_l^T (sum_{j<k} P_l[j])^T P_l[k]``: the sum over
+  ``o = 1..k`` of the nonlinear terms needs the whole history (unbounded memory), the linear one a
+  running sum. ``R`` therefore holds the nonlinearity of the terms (``f'`` factors) as well as
+  the higher orders of the expansion; it is what the linearised shadow leaves out (``shadow.py``).
+- ``T^o`` is needed only at lags up to ``H = max(max_lag, max(lags_over_time))``: a ring buffer of
+  H past steps holds, per layer, the past factor ``G_l[j] = (f'(Z_l[j])^T * B_l^T delta_{l+1}[j]^T)
+  L_{l-1}[j]`` (``n_l x n_{l-1}``, which equals ``dW_{l-1}[j]^T``), ``W_{l-1}[j]``, ``P_l[j]`` and the
+  per-class sums of ``L_{l-1}[j]`` -- never a whole minibatch -- so memory does not grow with k
+  and no step stores more than a few weight-sized matrices.
+- The similarity ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` (``n_b x n_b``) enters ``M^o = delta_{l+1}[k-o]^T
+  S delta_{l+1}[k]``. Its within-class and between-class means are computed from per-class sums,
+  ``sum_{i,j: y_i = y'_j} S_ij = sum_c <s_c[k-o], s_c[k]>``, without forming S. The control uses
+  permuted labels: each minibatch's labels shuffled by a fresh seeded permutation (seed
+  ``spec.seed + permutation_seed_offset``), so the control has no class structure at any lag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from fa_analysis.measures import angle_deg, angle_deg_batched
+from fa_analysis.network import get_activation
+
+NUM_CLASSES = 10  # MNIST digits: the labels the similarity is split by
+PERMUTATION_SEED_OFFSET = 2_000_003
+TERM_KINDS = ("nonlinear", "linear")
+
+
+# --------------------------------------------------------------------------------------------
+# The terms as pure functions of tensors (paper names; layer l, past step j = k - o, now = k)
+
+
+def P_matrix(L_prev: Tensor, delta_next: Tensor) -> Tensor:
+    """``P_l[j] = L_{l-1}[j]^T delta_{l+1}[j]``, shape ``(n_{l-1}, n_{l+1})``."""
+    return L_prev.T @ delta_next
+
+
+def M_matrix(P_past: Tensor, P_now: Tensor) -> Tensor:
+    """``M^o_l[k] = P_l[k-o]^T P_l[k]``; with ``P_past = sum_{j<k} P_l[j]`` it is ``sum_o M^o_l[k]``."""
+    return P_past.T @ P_now
+
+
+def linear_term(B: Tensor, M: Tensor, eta: float) -> Tensor:
+    """Linear alignment term ``eta^2 B_l^T M^o_l[k]``, shape ``(n_l, n_{l+1})`` like ``W_l``."""
+    return eta**2 * (B.T @ M)
+
+
+def past_factor(L_prev_past: Tensor, fprime_Z_past: Tensor, delta_next_past: Tensor, B: Tensor) -> Tensor:
+    """``G_l[j] = (f'(Z_l[j])^T * B_l^T delta_{l+1}[j]^T) L_{l-1}[j]``, shape ``(n_l, n_{l-1})``.
+
+    The part of ``T^o_l[k]`` fixed at the past step ``j = k - o``; it equals ``delta_l[j]^T
+    L_{l-1}[j] = dW_{l-1}[j]^T``, the transposed FA update of the layer below (without eta).
+    """
+    return (fprime_Z_past.T * (B.T @ delta_next_past.T)) @ L_prev_past
+
+
+def nonlinear_term_from_past_factor(
+    G_past: Tensor,
+    W_prev_past: Tensor,
+    L_prev_now: Tensor,
+    delta_next_now: Tensor,
+    b: Tensor,
+    eta: float,
+    activation: str,
+) -> Tensor:
+    """``T^o_l[k] = eta^2 [f'(zeta^o)^T * (G_l[k-o] L_{l-1}[k]^T)] delta_{l+1}[k]``, ``zeta^o = L_{l-1}[k] W_{l-1}[k-o] + b_l``."""
+    act = get_activation(activation)
+    zeta = L_prev_now @ W_prev_past + b
+    fprime_zeta = act.fprime(zeta, act.f(zeta, None), None)
+    return eta**2 * ((fprime_zeta.T * (G_past @ L_prev_now.T)) @ delta_next_now)
+
+
+def nonlinear_term(
+    L_prev_past: Tensor,
+    Z_past: Tensor,
+    delta_next_past: Tensor,
+    W_prev_past: Tensor,
+    L_prev_now: Tensor,
+    delta_next_now: Tensor,
+    b: Tensor,
+    B: Tensor,
+    eta: float,
+    activation: str,
+) -> Tensor:
+    """Nonlinear alignment term ``T^o_l[k]`` (SPEC 6) from the states at steps ``k - o`` and ``k``.
+
+    ``L_prev_* = L_{l-1}``, ``Z_past = Z_l[k-o]``, ``delta_next_* = delta_{l+1}``,
+    ``W_prev_past = W_{l-1}[k-o]``, ``b = b_l`` (at step k), ``B = B_l``.
+    """
+    act = get_activation(activation)
+    fprime_Z_past = act.fprime(Z_past, act.f(Z_past, None), None)
+    G_past = past_factor(L_prev_past, fprime_Z_past, delta_next_past, B)
+    return nonlinear_term_from_past_factor(G_past, W_prev_past, L_prev_now, delta_next_now, b, eta, activation)
+
+
+def zero_degree_term(L_prev_now: Tensor, W_prev_init: Tensor, b: Tensor, delta_next_now: Tensor, eta: float, activation: str) -> Tensor:
+    """``eta f(L_{l-1}[k] W_{l-1}[0] + b_l)^T delta_{l+1}[k]``: the update had W_{l-1} never learned."""
+    act = get_activation(activation)
+    return eta * (act.f(L_prev_now @ W_prev_init + b, None).T @ delta_next_now)
+
+
+def remainder(dW: Tensor, zero_degree: Tensor, linear_sum: Tensor) -> Tensor:
+    """``R_l[k] = Delta W_l[k] - zero-degree - sum_o linear terms`` (``dW`` with eta: ``eta L_l^T delta_{l+1}``)."""
+    return dW - zero_degree - linear_sum
+
+
+def class_sums(L: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class sums of the rows of ``L`` ``(num_classes, n)`` and the class counts ``(num_classes,)``."""
+    sums = torch.zeros((num_classes, L.shape[1]), dtype=L.dtype, device=L.device).index_add_(0, labels, L)
+    counts = torch.bincount(labels, minlength=num_classes).to(L.dtype)
+    return sums, counts
+
+
+def class_similarity_means(sums_past: Tensor, counts_past: Tensor, sums_now: Tensor, counts_now: Tensor) -> Tensor:
+    """Within- and between-class means of ``S = L[k-o] L[k]^T`` from class sums: a tensor ``[within, between]``.
+
+    A pair ``(i, j)`` (row i of batch ``k-o``, row j of batch ``k``) is within-class when the
+    labels agree. ``sum_within = sum_c <s_c[k-o], s_c[k]>``, ``n_within = sum_c n_c[k-o] n_c[k]``;
+    the between-class mean is the rest of ``sum_ij S_ij = <sum_c s_c[k-o], sum_c s_c[k]>``.
+    """
+    within_sum = (sums_past * sums_now).sum()
+    within_count = (counts_past * counts_now).sum()
+    total_sum = torch.dot(sums_past.sum(0), sums_now.sum(0))
+    total_count = counts_past.sum() * counts_now.sum()
+    return torch.stack([within_sum / within_count, (total_sum - within_sum) / (total_count - within_count)])
+
+
+def class_similarity(L_past: Tensor, labels_past: Tensor, L_now: Tensor, labels_now: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
+    """``[within, between]`` class means of ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` (SPEC 6)."""
+    return class_similarity_means(*class_sums(L_past, labels_past, num_classes), *class_sums(L_now, labels_now, num_classes))
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class AlignmentTermsSettings:
+    """The ``alignment_terms`` observer settings (``spec.observers["alignment_terms"]``)."""
+
+    iterations: tuple[int, ...] = (66, 1260)
+    max_lag: int = 64
+    lags_over_time: tuple[int, ...] = (1, 60, 120)
+    every: int = 1
+    num_classes: int = NUM_CLASSES
+    permutation_seed_offset: int = PERMUTATION_SEED_OFFSET
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> "AlignmentTermsSettings":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(settings) - known
+        if unknown:
+            raise KeyError(f"unknown alignment_terms observer keys {sorted(unknown)}; accepted: {sorted(known)}")
+        values = {**cls().__dict__, **settings}
+        for key in ("iterations", "lags_over_time"):
+            seq = values[key]
+            if not isinstance(seq, (list, tuple)) or not all(_is_int(x) and x >= 0 for x in seq):
+                raise ValueError(f"alignment_terms.{key} must be a list of non-negative ints, got {seq!r}")
+            values[key] = tuple(int(x) for x in seq)
+        if any(o < 1 for o in values["lags_over_time"]):
+            raise ValueError(f"alignment_terms.lags_over_time must be lags >= 1, got {list(values['lags_over_time'])}")
+        for key in ("max_lag", "every", "num_classes"):
+            if not _is_int(values[key]) or values[key] < 1:
+                raise ValueError(f"alignment_terms.{key} must be a positive int, got {values[key]!r}")
+        if not _is_int(values["permutation_seed_offset"]):
+            raise ValueError(f"alignment_terms.permutation_seed_offset must be an int, got {values['permutation_seed_offset']!r}")
+        return cls(**values)
+
+
+def check_fa_without_wn(spec: Any, observer: str) -> None:
+    """The expansion needs ``W_{l-1}[k] = W_{l-1}[0] + sum eta dW`` and ``delta = (delta B) * f'``: FA, no WN."""
+    if spec.rule != "fa":
+        raise ValueError(f"the {observer} observer needs an FA run (spec.rule = 'fa'), got rule {spec.rule!r}")
+    if spec.wn:
+        raise ValueError(f"the {observer} observer needs a run without WN (spec.wn = false): WN breaks the expansion of SPEC 6")
+
+
+def observer_settings(spec: Any, name: str) -> Mapping[str, Any]:
+    """``spec.observers[name]``, with an error naming the key when it is missing."""
+    observers = getattr(spec, "observers", None) or {}
+    if name not in observers:
+        raise KeyError(f"spec.observers has no {name!r} entry: the run spec must carry the {name} settings (config section {name})")
+    return observers[name] or {}
+
+
+# --------------------------------------------------------------------------------------------
+# The observer
+
+
+class _History:
+    """Ring buffer of the last ``capacity`` steps of one layer: only what the lagged terms need."""
+
+    def __init__(self, capacity: int, n_prev: int, n_l: int, n_next: int, num_classes: int, like: Tensor):
+        def buf(*shape: int) -> Tensor:
+            return torch.zeros((capacity, *shape), dtype=like.dtype, device=like.device)
+
+        self.capacity = capacity
+        self.G = buf(n_l, n_prev)  # past factor G_l[j]
+        self.W_prev = buf(n_prev, n_l)  # W_{l-1}[j]
+        self.P = buf(n_prev, n_next)  # P_l[j]
+        self.sums = buf(2, num_classes, n_prev)  # class sums of L_{l-1}[j]: true, permuted labels
+        self.counts = buf(2, num_classes)
+
+    def slot(self, j: int) -> int:
+        return j % self.capacity
+
+    def push(self, j: int, G: Tensor, W_prev: Tensor, P: Tensor, sums: Tensor, counts: Tensor) -> None:
+        s = self.slot(j)
+        self.G[s].copy_(G)
+        self.W_prev[s].copy_(W_prev)
+        self.P[s].copy_(P)
+        self.sums[s].copy_(sums)
+        self.counts[s].copy_(counts)
+
+
+class AlignmentTermsObserver:
+    """Alignment terms of an FA run without WN, measured beside training (SPEC 6).
+
+    Settings from ``spec.observers["alignment_terms"]`` (or given here): ``iterations`` (the k of
+    the lag analysis), ``max_lag``, ``lags_over_time``, ``every``. ``finish()`` returns four tables
+    (``layer`` is l = 1..d-1 of ``W_l``; ``iteration`` is k, the state before step k):
+
+    - ``terms_lag``: ``iteration, layer, lag, kind, angle, norm`` -- ``angle(T^o_l[k], B_l^T)`` in
+      degrees and ``||T^o_l[k]||_F`` for ``k`` in ``iterations`` and ``o = 1..min(max_lag, k)``,
+      ``kind`` ``nonlinear`` or ``linear``;
+    - ``terms_time``: the same columns for ``o`` in ``lags_over_time`` (``o <= k``) at every
+      ``every``-th iteration;
+    - ``terms_remainder``: ``iteration, layer, ratio_R_dW, angle_R_Bt, angle_zero_Bt,
+      angle_linear_sum_Bt, angle_dW_Bt, ratio_zero_dW, ratio_linear_sum_dW`` at every ``every``-th
+      iteration (R against the linear expansion summed over all lags; see the module docstring;
+      at k = 0 the sum is empty, so ``angle_linear_sum_Bt`` is NaN there);
+    - ``terms_similarity``: ``iteration, layer, lag, labels, within, between`` -- class means of
+      ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` with the batch labels (``labels = "true"``) and with
+      permuted labels (``"permuted"``), at the lags and iterations of both analyses.
+    """
+
+    name = "alignment_terms"
+
+    def __init__(self, settings: Mapping[str, Any] | None = None):
+        self._given = settings
+
+    def start(self, net: Any, spec: Any, num_iterations: int, device: Any = None) -> None:
+        check_fa_without_wn(spec, self.name)
+        raw = self._given if self._given is not None else observer_settings(spec, self.name)
+        self.settings = s = AlignmentTermsSettings.from_dict(raw)
+        self.activation = net.activation
+        self.d = net.d
+        self.layers = range(1, net.d)
+        self.lag_iterations = {k for k in s.iterations if k < num_iterations}
+        horizon = max([s.max_lag if self.lag_iterations else 0, *s.lags_over_time, 1])
+        self.capacity = max(1, min(horizon, num_iterations))
+        sizes = net.sizes
+        W = net.W[0]
+        self.history = {
+            l: _History(self.capacity, sizes[l - 1], sizes[l], sizes[l + 1], s.num_classes, W) for l in self.layers
+        }
+        self.W_prev_init = {l: net.W[l - 1].detach().clone() for l in self.layers}
+        self.P_sum = {l: torch.zeros_like(self.history[l].P[0]) for l in self.layers}
+        self.permutation_generator = torch.Generator().manual_seed(int(spec.seed) + s.permutation_seed_offset)
+        self.rows: dict[str, list] = {"lag": [], "time": [], "remainder": [], "similarity": []}
+        self.values: dict[str, list[Tensor]] = {"lag": [], "time": [], "remainder": [], "similarity": []}
+        self._labels_checked = False
+
+    def step(self, k: int, net: Any, state: Any) -> None:
+        s = self.settings
+        labels = state.labels.to(torch.long)
+        if not self._labels_checked:
+            if labels.min() < 0 or labels.max() >= s.num_classes:
+                raise ValueError(f"batch labels must lie in 0..{s.num_classes - 1} (alignment_terms.num_classes)")
+            self._labels_checked = True
+        permutation = torch.randperm(labels.shape[0], generator=self.permutation_generator).to(labels.device)
+        label_sets = (labels, labels[permutation])
+        over_time = k % s.every == 0
+        lags_now = set()
+        if over_time:
+            lags_now.update(o for o in s.lags_over_time if o <= min(k, self.capacity))
+        at_lag_iteration = k in self.lag_iterations
+        if at_lag_iteration:
+            lags_now.update(range(1, min(s.max_lag, k, self.capacity) + 1))
+        eta = float(state.eta)
+        for l in self.layers:
+            h = self.history[l]
+            L_prev, delta_next, B = state.L[l - 1], state.delta[l + 1], net.B[l]
+            b, W_prev = net.b[l - 1], net.W[l - 1]
+            G = past_factor(L_prev, state.fprime[l], delta_next, B)
+            P = P_matrix(L_prev, delta_next)
+            sums, counts = zip(*(class_sums(L_prev, y, s.num_classes) for y in label_sets))
+            sums, counts = torch.stack(sums), torch.stack(counts)
+            Bt = B.T
+
+            if over_time:
+                dW = eta * state.dW[l]
+                zero = zero_degree_term(L_prev, self.W_prev_init[l], b, delta_next, eta, self.activation)
+                linear_sum = linear_term(B, M_matrix(self.P_sum[l], P), eta)
+                R = remainder(dW, zero, linear_sum)
+                norm_dW = dW.norm()
+                self.rows["remainder"].append((k, l))
+                self.values["remainder"].append(torch.stack([
+                    R.norm() / norm_dW,
+                    angle_deg(R, Bt),
+                    angle_deg(zero, Bt),
+                    angle_deg(linear_sum, Bt),
+                    angle_deg(dW, Bt),
+                    zero.norm() / norm_dW,
+                    linear_sum.norm() / norm_dW,
+                ]).to(torch.float64))
+
+            if lags_now:
+                lags = sorted(lags_now)
+                terms = {o: self._terms(h, k - o, L_prev, delta_next, b, B, P, eta) for o in lags}
+                similarity = {o: self._similarity(h, k - o, sums, counts) for o in lags}
+                for table, wanted in (("time", over_time and s.lags_over_time), ("lag", at_lag_iteration and range(1, s.max_lag + 1))):
+                    if not wanted:
+                        continue
+                    for o in (o for o in lags if o in wanted):
+                        for kind, T in zip(TERM_KINDS, terms[o]):
+                            self.rows[table].append((k, l, o, kind))
+                            self.values[table].append(torch.stack([angle_deg(T, Bt), T.norm().to(torch.float64)]))
+                for o in lags:
+                    for which, name in enumerate(("true", "permuted")):
+                        self.rows["similarity"].append((k, l, o, name))
+                        self.values["similarity"].append(similarity[o][which].to(torch.float64))
+
+            h.push(k, G, W_prev, P, sums, counts)
+            self.P_sum[l].add_(P)
+
+    def _terms(self, h: _History, j: int, L_prev: Tensor, delta_next: Tensor, b: Tensor, B: Tensor, P: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+        """Nonlinear and linear ``T^o_l[k]`` for the past step ``j = k - o`` held in the buffer."""
+        slot = h.slot(j)
+        nonlinear = nonlinear_term_from_past_factor(h.G[slot], h.W_prev[slot], L_prev, delta_next, b, eta, self.activation)
+        linear = linear_term(B, M_matrix(h.P[slot], P), eta)
+        return nonlinear, linear
+
+    def _similarity(self, h: _History, j: int, sums: Tensor, counts: Tensor) -> Tensor:
+        """``[[within, between] true, [within, between] permuted]`` between the steps ``j`` and now."""
+        slot = h.slot(j)
+        return torch.stack([
+            class_similarity_means(h.sums[slot][i], h.counts[slot][i], sums[i], counts[i]) for i in range(2)
+        ])
+
+    def finish(self) -> dict[str, pd.DataFrame]:
+        return {
+            "terms_lag": _frame(self.rows["lag"], self.values["lag"], ["iteration", "layer", "lag", "kind"], ["angle", "norm"]),
+            "terms_time": _frame(self.rows["time"], self.values["time"], ["iteration", "layer", "lag", "kind"], ["angle", "norm"]),
+            "terms_remainder": _frame(
+                self.rows["remainder"], self.values["remainder"], ["iteration", "layer"],
+                ["ratio_R_dW", "angle_R_Bt", "angle_zero_Bt", "angle_linear_sum_Bt", "angle_dW_Bt",
+                 "ratio_zero_dW", "ratio_linear_sum_dW"],
+            ),
+            "terms_similarity": _frame(
+                self.rows["similarity"], self.values["similarity"], ["iteration", "layer", "lag", "labels"], ["within", "between"]
+            ),
+        }
+
+
+def _frame(keys: list[tuple], values: list[Tensor], key_columns: list[str], value_columns: list[str]) -> pd.DataFrame:
+    """A table from row keys and per-row value tensors, moved off the device in one go."""
+    frame = pd.DataFrame(keys, columns=key_columns)
+    if values:
+        array = torch.stack(values).detach().cpu().numpy()
+    else:
+        array = torch.empty((0, len(value_columns)), dtype=torch.float64).numpy()
+    for i, column in enumerate(value_columns):
+        frame[column] = array[:, i]
+    for column in key_columns:
+        if column in ("iteration", "layer", "lag"):
+            frame[column] = frame[column].astype("int64")
+    return frame
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,112 @@
+"""Shadow weight sequences (SPEC section 6): linearised and random-B' shadows beside a real FA run."""
+
+import pandas as pd
+import pytest
+import torch
+
+from fa_analysis import train
+from fa_analysis.alignment_terms import AlignmentTermsObserver
+from fa_analysis.shadow import SHADOW_COLUMNS, ShadowObserver, draw_random_B
+from mechanisms_synthetic import synthetic_fa_run
+
+OFFSET = {"random_b_seed_offset": 7919}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def last_rows(frame):
+    return frame[frame.iteration == frame.iteration.max()].set_index("layer")
+
+
+def test_shadows_start_at_the_real_weights():
+    shadow = synthetic_fa_run([ShadowObserver(OFFSET)], iterations=5).frames["shadow"]
+    assert list(shadow.columns) == ["iteration", "layer", *SHADOW_COLUMNS, "rel_diff_Wlin_W"]
+    first = shadow[shadow.iteration == 0]
+    assert (first["angle_Wlin_Bt"] == first["angle_W_Bt"]).all()
+    assert (first["angle_WBprime_Bt"] == first["angle_W_Bt"]).all()
+    assert (first["rel_diff_Wlin_W"] == 0).all()
+    assert len(shadow) == 5 * 2  # iterations x layers l = 1..d-1
+
+
+def test_with_a_linear_activation_the_linearised_shadow_is_the_real_run():
+    """For f(x) = x the expansion is exact (bias on: b_l[k] enters the zero-degree term), so W^lin = W."""
+    shadow = synthetic_fa_run([ShadowObserver(OFFSET)], activation="linear", eta=1e-3, iterations=60).frames["shadow"]
+    assert shadow["rel_diff_Wlin_W"].max() < 1e-10
+    assert (shadow["angle_Wlin_Bt"] - shadow["angle_W_Bt"]).abs().max() < 1e-6
+    assert shadow.loc[shadow.iteration == 59, "angle_W_Bt"].min() < 85  # the run did align (a nontrivial check)
+
+
+def test_linearised_shadow_follows_the_real_run_for_small_eta_and_departs_for_large():
+    small = synthetic_fa_run([ShadowObserver(OFFSET)], eta=1e-4, iterations=60).frames["shadow"]
+    large = synthetic_fa_run([ShadowObserver(OFFSET)], eta=4e-3, iterations=60).frames["shadow"]
+    assert last_rows(small)["rel_diff_Wlin_W"].max() < 0.02
+    assert last_rows(large)["rel_diff_Wlin_W"].min() > 5 * last_rows(small)["rel_diff_Wlin_W"].max()
+
+
+def test_random_B_shadow_aligns_with_its_own_B_prime_and_not_with_B():
+    shadow = synthetic_fa_run([ShadowObserver(OFFSET)], eta=4e-3, iterations=200).frames["shadow"]
+    final = last_rows(shadow)
+    assert (final["angle_WBprime_Bprimet"] < 75).all(), final
+    assert ((final["angle_WBprime_Bt"] - 90).abs() < 8).all(), final
+
+
+def test_B_prime_is_seeded_unrelated_to_B_and_drawn_like_B():
+    like = torch.zeros((), dtype=torch.float64)
+    sizes = [30, 40, 40, 10]
+    a = draw_random_B(sizes, 0.1, seed=7919, ibn=False, like=like)
+    b = draw_random_B(sizes, 0.1, seed=7919, ibn=False, like=like)
+    c = draw_random_B(sizes, 0.1, seed=7920, ibn=False, like=like)
+    assert a[0] is None and [B.shape for B in a[1:]] == [(40, 40), (10, 40)]
+    assert all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]))
+    assert not torch.equal(a[1], c[1])
+    assert a[1].std().item() == pytest.approx(0.1, rel=0.1)
+    unit = draw_random_B(sizes, 0.1, seed=7919, ibn=True, like=like)
+    assert torch.allclose(unit[1].norm(dim=0), torch.ones(40, dtype=torch.float64))
+    observer = ShadowObserver(OFFSET)
+    run = synthetic_fa_run([observer], iterations=1)
+    for l in (1, 2):
+        assert observer.B_prime[l].shape == run.net.B[l].shape
+        assert not torch.equal(observer.B_prime[l], run.net.B[l])
+
+
+def test_bad_settings_and_runs_are_refused():
+    run = synthetic_fa_run(iterations=1)
+    for settings, error, match in (
+        ({}, KeyError, "random_b_seed_offset"),
+        ({"random_b_seed_offset": 1, "extra": 2}, KeyError, "extra"),
+        ({"random_b_seed_offset": "7919"}, ValueError, "shadow.random_b_seed_offset"),
+    ):
+        with pytest.raises(error, match=match):
+            ShadowObserver(settings).start(run.net, run.spec, 10, "cpu")
+    bp = type(run.spec)(**{**run.spec.to_dict(), "rule": "bp"})
+    with pytest.raises(ValueError, match="FA run"):
+        ShadowObserver(OFFSET).start(run.net, bp, 10, "cpu")
+    with pytest.raises(KeyError, match="shadow"):
+        ShadowObserver().start(run.net, run.spec, 10, "cpu")
+
+
+@pytest.mark.slow
+def test_real_mnist_fa_run_writes_both_observers_tables(mnist_subset, tmp_path):
+    """A short FA run on real MNIST through the training loop: the B' shadow aligns with B', not B."""
+    terms = {"iterations": [40, 199], "max_lag": 40, "lags_over_time": [1, 20], "every": 1}
+    spec = dict(experiment="shadow", condition="fa", seed=0, epochs=10, batch_size=250, eta=2e-3, rule="fa",
+                snapshot_every=0, observers={"shadow": OFFSET, "alignment_terms": terms})
+    result = train.train_run(spec, mnist_subset, tmp_path / "run", observers=[ShadowObserver(), AlignmentTermsObserver()],
+                             log=lambda line: None)
+    assert result.status == "completed"
+    shadow = pd.read_parquet(tmp_path / "run" / "shadow.parquet")
+    assert len(shadow) == 200 * 4
+    final = last_rows(shadow)
+    assert (final["angle_WBprime_Bprimet"] < 85).all(), final
+    assert ((final["angle_WBprime_Bt"] - 90).abs() < 5).all(), final
+    for name in ("terms_lag", "terms_time", "terms_remainder", "terms_similarity"):
+        frame = pd.read_parquet(tmp_path / "run" / f"{name}.parquet")
+        assert len(frame) > 0 and set(frame["layer"]) == {1, 2, 3, 4}, name
+    lag = pd.read_parquet(tmp_path / "run" / "terms_lag.parquet")
+    assert sorted(lag["lag"].unique()) == list(range(1, 41))
