@@ -72,12 +72,15 @@ def P_matrix(L_prev: Tensor, delta_next: Tensor) -> Tensor:
 
 
 def M_matrix(P_past: Tensor, P_now: Tensor) -> Tensor:
-    """``M^o_l[k] = P_l[k-o]^T P_l[k]``; with ``P_past = sum_{j<k} P_l[j]`` it is ``sum_o M^o_l[k]``."""
-    return P_past.T @ P_now
+    """``M^o_l[k] = P_l[k-o]^T P_l[k]``; with ``P_past = sum_{j<k} P_l[j]`` it is ``sum_o M^o_l[k]``.
+
+    ``P_past`` may carry a leading lag axis ``(m, n_{l-1}, n_{l+1})``: then one M per lag.
+    """
+    return P_past.mT @ P_now
 
 
 def linear_term(B: Tensor, M: Tensor, eta: float) -> Tensor:
-    """Linear alignment term ``eta^2 B_l^T M^o_l[k]``, shape ``(n_l, n_{l+1})`` like ``W_l``."""
+    """Linear alignment term ``eta^2 B_l^T M^o_l[k]``, shape ``(n_l, n_{l+1})`` like ``W_l`` (per lag if M has a lag axis)."""
     return eta**2 * (B.T @ M)
 
 
@@ -99,11 +102,14 @@ def nonlinear_term_from_past_factor(
     eta: float,
     activation: str,
 ) -> Tensor:
-    """``T^o_l[k] = eta^2 [f'(zeta^o)^T * (G_l[k-o] L_{l-1}[k]^T)] delta_{l+1}[k]``, ``zeta^o = L_{l-1}[k] W_{l-1}[k-o] + b_l``."""
+    """``T^o_l[k] = eta^2 [f'(zeta^o)^T * (G_l[k-o] L_{l-1}[k]^T)] delta_{l+1}[k]``, ``zeta^o = L_{l-1}[k] W_{l-1}[k-o] + b_l``.
+
+    ``G_past`` and ``W_prev_past`` may carry a leading lag axis (m lags at once, one T per lag).
+    """
     act = get_activation(activation)
     zeta = L_prev_now @ W_prev_past + b
     fprime_zeta = act.fprime(zeta, act.f(zeta, None), None)
-    return eta**2 * ((fprime_zeta.T * (G_past @ L_prev_now.T)) @ delta_next_now)
+    return eta**2 * ((fprime_zeta.mT * (G_past @ L_prev_now.T)) @ delta_next_now)
 
 
 def nonlinear_term(
@@ -148,17 +154,18 @@ def class_sums(L: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Ten
 
 
 def class_similarity_means(sums_past: Tensor, counts_past: Tensor, sums_now: Tensor, counts_now: Tensor) -> Tensor:
-    """Within- and between-class means of ``S = L[k-o] L[k]^T`` from class sums: a tensor ``[within, between]``.
+    """Within- and between-class means of ``S = L[k-o] L[k]^T`` from class sums: ``[..., (within, between)]``.
 
     A pair ``(i, j)`` (row i of batch ``k-o``, row j of batch ``k``) is within-class when the
     labels agree. ``sum_within = sum_c <s_c[k-o], s_c[k]>``, ``n_within = sum_c n_c[k-o] n_c[k]``;
     the between-class mean is the rest of ``sum_ij S_ij = <sum_c s_c[k-o], sum_c s_c[k]>``.
+    Sums ``(..., C, n)`` and counts ``(..., C)`` may carry leading axes (lags, label kinds).
     """
-    within_sum = (sums_past * sums_now).sum()
-    within_count = (counts_past * counts_now).sum()
-    total_sum = torch.dot(sums_past.sum(0), sums_now.sum(0))
-    total_count = counts_past.sum() * counts_now.sum()
-    return torch.stack([within_sum / within_count, (total_sum - within_sum) / (total_count - within_count)])
+    within_sum = (sums_past * sums_now).sum((-2, -1))
+    within_count = (counts_past * counts_now).sum(-1)
+    total_sum = (sums_past.sum(-2) * sums_now.sum(-2)).sum(-1)
+    total_count = counts_past.sum(-1) * counts_now.sum(-1)
+    return torch.stack([within_sum / within_count, (total_sum - within_sum) / (total_count - within_count)], dim=-1)
 
 
 def class_similarity(L_past: Tensor, labels_past: Tensor, L_now: Tensor, labels_now: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
@@ -266,21 +273,26 @@ class AlignmentTermsObserver:
       iteration (R against the linear expansion summed over all lags; see the module docstring;
       at k = 0 the sum is empty, so ``angle_linear_sum_Bt`` is NaN there);
     - ``terms_similarity``: ``iteration, layer, lag, labels, within, between`` -- class means of
-      ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` with the batch labels (``labels = "true"``) and with
-      permuted labels (``"permuted"``), at the lags and iterations of both analyses.
+      ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` with the class labels (``labels = "true"``: the clean
+      labels when ``true_labels`` is given, else the labels the run trains on, which are noisy in
+      a label-noise run) and with permuted labels (``"permuted"``), at the lags and iterations of
+      both analyses.
     """
 
     name = "alignment_terms"
 
-    def __init__(self, settings: Mapping[str, Any] | None = None):
+    def __init__(self, settings: Mapping[str, Any] | None = None, true_labels: Tensor | None = None):
+        """``true_labels``: the clean labels of the whole training set (``dataset.y_train``); given,
+        the similarity's ``"true"`` rows use ``true_labels[batch_index]`` instead of the batch's
+        training labels, which differ in a label-noise run."""
         self._given = settings
+        self._true_labels = None if true_labels is None else torch.as_tensor(true_labels, dtype=torch.long)
 
     def start(self, net: Any, spec: Any, num_iterations: int, device: Any = None) -> None:
         check_fa_without_wn(spec, self.name)
         raw = self._given if self._given is not None else observer_settings(spec, self.name)
         self.settings = s = AlignmentTermsSettings.from_dict(raw)
         self.activation = net.activation
-        self.d = net.d
         self.layers = range(1, net.d)
         self.lag_iterations = {k for k in s.iterations if k < num_iterations}
         horizon = max([s.max_lag if self.lag_iterations else 0, *s.lags_over_time, 1])
@@ -292,6 +304,8 @@ class AlignmentTermsObserver:
         }
         self.W_prev_init = {l: net.W[l - 1].detach().clone() for l in self.layers}
         self.P_sum = {l: torch.zeros_like(self.history[l].P[0]) for l in self.layers}
+        if self._true_labels is not None:
+            self._true_labels = self._true_labels.to(net.W[0].device)
         self.permutation_generator = torch.Generator().manual_seed(int(spec.seed) + s.permutation_seed_offset)
         self.rows: dict[str, list] = {"lag": [], "time": [], "remainder": [], "similarity": []}
         self.values: dict[str, list[Tensor]] = {"lag": [], "time": [], "remainder": [], "similarity": []}
@@ -299,30 +313,30 @@ class AlignmentTermsObserver:
 
     def step(self, k: int, net: Any, state: Any) -> None:
         s = self.settings
-        labels = state.labels.to(torch.long)
+        if self._true_labels is not None:
+            labels = self._true_labels[state.batch_index]
+        else:
+            labels = state.labels.to(torch.long)
         if not self._labels_checked:
             if labels.min() < 0 or labels.max() >= s.num_classes:
                 raise ValueError(f"batch labels must lie in 0..{s.num_classes - 1} (alignment_terms.num_classes)")
             self._labels_checked = True
         permutation = torch.randperm(labels.shape[0], generator=self.permutation_generator).to(labels.device)
         label_sets = (labels, labels[permutation])
+        reach = min(k, self.capacity)  # lags whose past step is in the buffer
         over_time = k % s.every == 0
-        lags_now = set()
-        if over_time:
-            lags_now.update(o for o in s.lags_over_time if o <= min(k, self.capacity))
-        at_lag_iteration = k in self.lag_iterations
-        if at_lag_iteration:
-            lags_now.update(range(1, min(s.max_lag, k, self.capacity) + 1))
+        time_lags = {o for o in s.lags_over_time if o <= reach} if over_time else set()
+        lag_lags = set(range(1, min(s.max_lag, reach) + 1)) if k in self.lag_iterations else set()
+        lags = sorted(time_lags | lag_lags)
         eta = float(state.eta)
         for l in self.layers:
             h = self.history[l]
-            L_prev, delta_next, B = state.L[l - 1], state.delta[l + 1], net.B[l]
-            b, W_prev = net.b[l - 1], net.W[l - 1]
-            G = past_factor(L_prev, state.fprime[l], delta_next, B)
-            P = P_matrix(L_prev, delta_next)
-            sums, counts = zip(*(class_sums(L_prev, y, s.num_classes) for y in label_sets))
-            sums, counts = torch.stack(sums), torch.stack(counts)
+            L_prev, delta_next, B, b = state.L[l - 1], state.delta[l + 1], net.B[l], net.b[l - 1]
             Bt = B.T
+            # G_l[k] = past_factor(L_{l-1}, f'(Z_l), delta_{l+1}, B_l) is the engine's dW_{l-1}^T (FA rule).
+            G = state.dW[l - 1].T
+            P = P_matrix(L_prev, delta_next)
+            sums, counts = (torch.stack(x) for x in zip(*(class_sums(L_prev, y, s.num_classes) for y in label_sets)))
 
             if over_time:
                 dW = eta * state.dW[l]
@@ -330,8 +344,7 @@ class AlignmentTermsObserver:
                 linear_sum = linear_term(B, M_matrix(self.P_sum[l], P), eta)
                 R = remainder(dW, zero, linear_sum)
                 norm_dW = dW.norm()
-                self.rows["remainder"].append((k, l))
-                self.values["remainder"].append(torch.stack([
+                self._record("remainder", [(k, l)], torch.stack([
                     R.norm() / norm_dW,
                     angle_deg(R, Bt),
                     angle_deg(zero, Bt),
@@ -339,40 +352,32 @@ class AlignmentTermsObserver:
                     angle_deg(dW, Bt),
                     zero.norm() / norm_dW,
                     linear_sum.norm() / norm_dW,
-                ]).to(torch.float64))
+                ]).to(torch.float64)[None])
 
-            if lags_now:
-                lags = sorted(lags_now)
-                terms = {o: self._terms(h, k - o, L_prev, delta_next, b, B, P, eta) for o in lags}
-                similarity = {o: self._similarity(h, k - o, sums, counts) for o in lags}
-                for table, wanted in (("time", over_time and s.lags_over_time), ("lag", at_lag_iteration and range(1, s.max_lag + 1))):
-                    if not wanted:
-                        continue
-                    for o in (o for o in lags if o in wanted):
-                        for kind, T in zip(TERM_KINDS, terms[o]):
-                            self.rows[table].append((k, l, o, kind))
-                            self.values[table].append(torch.stack([angle_deg(T, Bt), T.norm().to(torch.float64)]))
-                for o in lags:
-                    for which, name in enumerate(("true", "permuted")):
-                        self.rows["similarity"].append((k, l, o, name))
-                        self.values["similarity"].append(similarity[o][which].to(torch.float64))
+            if lags:
+                # every lag of this step at once: a leading lag axis on the buffered past
+                slots = [h.slot(k - o) for o in lags]
+                nonlinear = nonlinear_term_from_past_factor(h.G[slots], h.W_prev[slots], L_prev, delta_next, b, eta, self.activation)
+                linear = linear_term(B, M_matrix(h.P[slots], P), eta)
+                T = torch.stack([nonlinear, linear], 1).flatten(0, 1)  # (lag, kind) pairs
+                values = torch.stack([angle_deg_batched(T, Bt.expand_as(T)), T.flatten(1).norm(dim=1).to(torch.float64)], 1)
+                values = values.view(len(lags), len(TERM_KINDS), 2)
+                for table, wanted in (("time", time_lags), ("lag", lag_lags)):
+                    chosen = [i for i, o in enumerate(lags) if o in wanted]
+                    if chosen:
+                        keys = [(k, l, lags[i], kind) for i in chosen for kind in TERM_KINDS]
+                        self._record(table, keys, values[chosen].flatten(0, 1))
+                similarity = class_similarity_means(h.sums[slots], h.counts[slots], sums, counts)  # (lag, labels, 2)
+                keys = [(k, l, o, name) for o in lags for name in ("true", "permuted")]
+                self._record("similarity", keys, similarity.flatten(0, 1).to(torch.float64))
 
-            h.push(k, G, W_prev, P, sums, counts)
+            h.push(k, G, net.W[l - 1], P, sums, counts)
             self.P_sum[l].add_(P)
 
-    def _terms(self, h: _History, j: int, L_prev: Tensor, delta_next: Tensor, b: Tensor, B: Tensor, P: Tensor, eta: float) -> tuple[Tensor, Tensor]:
-        """Nonlinear and linear ``T^o_l[k]`` for the past step ``j = k - o`` held in the buffer."""
-        slot = h.slot(j)
-        nonlinear = nonlinear_term_from_past_factor(h.G[slot], h.W_prev[slot], L_prev, delta_next, b, eta, self.activation)
-        linear = linear_term(B, M_matrix(h.P[slot], P), eta)
-        return nonlinear, linear
-
-    def _similarity(self, h: _History, j: int, sums: Tensor, counts: Tensor) -> Tensor:
-        """``[[within, between] true, [within, between] permuted]`` between the steps ``j`` and now."""
-        slot = h.slot(j)
-        return torch.stack([
-            class_similarity_means(h.sums[slot][i], h.counts[slot][i], sums[i], counts[i]) for i in range(2)
-        ])
+    def _record(self, table: str, keys: list[tuple], values: Tensor) -> None:
+        """Rows of a table: one key tuple per row of ``values`` (kept on the device until ``finish``)."""
+        self.rows[table].extend(keys)
+        self.values[table].append(values)
 
     def finish(self) -> dict[str, pd.DataFrame]:
         return {
@@ -390,10 +395,10 @@ class AlignmentTermsObserver:
 
 
 def _frame(keys: list[tuple], values: list[Tensor], key_columns: list[str], value_columns: list[str]) -> pd.DataFrame:
-    """A table from row keys and per-row value tensors, moved off the device in one go."""
+    """A table from row keys and blocks of value rows, moved off the device in one go."""
     frame = pd.DataFrame(keys, columns=key_columns)
     if values:
-        array = torch.stack(values).detach().cpu().numpy()
+        array = torch.cat(values).detach().cpu().numpy()
     else:
         array = torch.empty((0, len(value_columns)), dtype=torch.float64).numpy()
     for i, column in enumerate(value_columns):

@@ -33,6 +33,7 @@ class Step:
 class SyntheticRun:
     spec: RunSpec
     net: object
+    labels: torch.Tensor  # (n_batches, batch_size): the class of every training example
     steps: list[Step] = field(default_factory=list)
     frames: dict = field(default_factory=dict)
 
@@ -66,7 +67,7 @@ def synthetic_fa_run(
     class_means = torch.randn(n_classes, n_in, generator=generator, dtype=dtype)
     X = class_means[labels] + 0.5 * torch.randn(n_batches, batch_size, n_in, generator=generator, dtype=dtype)
     Y = torch.eye(n_classes, dtype=dtype)[labels]
-    run = SyntheticRun(spec=spec, net=net)
+    run = SyntheticRun(spec=spec, net=net, labels=labels)
     for observer in observers:
         observer.start(net, spec, iterations, torch.device("cpu"))
     for k in range(iterations):

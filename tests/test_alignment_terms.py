@@ -202,6 +202,19 @@ def test_repeated_minibatches_align_the_terms_and_classes_shape_similarity():
     assert gap_permuted < 0.25 * gap_true
 
 
+def test_similarity_can_use_clean_labels_other_than_the_training_labels():
+    clean = synthetic_fa_run(iterations=1).labels.flatten()
+    same = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS, true_labels=clean)], iterations=35).frames
+    default = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], iterations=35).frames
+    assert same["terms_similarity"].equals(default["terms_similarity"])
+    unrelated = torch.randint(0, 10, clean.shape, generator=torch.Generator().manual_seed(5))
+    other = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS, true_labels=unrelated)], iterations=35).frames
+    gap = lambda frame: (frame["within"] - frame["between"]).mean()
+    true_rows = lambda frames: frames["terms_similarity"].query("labels == 'true'")
+    assert gap(true_rows(other)) < 0.25 * gap(true_rows(default))
+    assert other["terms_lag"].equals(default["terms_lag"])  # the terms do not depend on labels
+
+
 def test_same_seed_gives_the_same_tables():
     a = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], iterations=35).frames
     b = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], iterations=35).frames
