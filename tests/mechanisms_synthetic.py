@@ -53,23 +53,26 @@ def synthetic_fa_run(
     keep_history=False,
     observer_settings=None,
     dtype=torch.float64,
+    device="cpu",
 ) -> SyntheticRun:
     """Train an FA network for ``iterations`` steps on synthetic data, calling ``observers``."""
     spec = RunSpec(
         experiment="terms", condition="fa_synthetic", seed=seed, sizes=tuple(sizes), activation=activation,
         init_std=init_std, bias=bias, targets="one_hot", rule="fa", eta=eta, batch_size=batch_size,
         epochs=1, dtype="float64" if dtype == torch.float64 else "float32", observers=observer_settings or {},
+        device=device,
     )
-    net = init_network(sizes, init_std, bias=bias, activation=activation, seed=seed, dtype=dtype)
+    net = init_network(sizes, init_std, bias=bias, activation=activation, seed=seed, dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(seed + 1)
     n_classes, n_in = sizes[-1], sizes[0]
     labels = torch.randint(0, n_classes, (n_batches, batch_size), generator=generator)
     class_means = torch.randn(n_classes, n_in, generator=generator, dtype=dtype)
     X = class_means[labels] + 0.5 * torch.randn(n_batches, batch_size, n_in, generator=generator, dtype=dtype)
     Y = torch.eye(n_classes, dtype=dtype)[labels]
+    labels, X, Y = labels.to(device), X.to(device), Y.to(device)
     run = SyntheticRun(spec=spec, net=net, labels=labels)
     for observer in observers:
-        observer.start(net, spec, iterations, torch.device("cpu"))
+        observer.start(net, spec, iterations, torch.device(device))
     for k in range(iterations):
         i = k % n_batches
         Z, L = forward(net, X[i])
@@ -77,7 +80,7 @@ def synthetic_fa_run(
         fprime = derivatives(net, Z, L)
         delta = backward_deltas(net, Z, L, E, "fa", fprime=fprime)
         dW, db = weight_updates(net, L, delta)
-        state = StepState(X=X[i], Y=Y[i], labels=labels[i], batch_index=torch.arange(batch_size) + i * batch_size,
+        state = StepState(X=X[i], Y=Y[i], labels=labels[i], batch_index=torch.arange(batch_size, device=device) + i * batch_size,
                           Z=Z, L=L, delta=delta, dW=dW, db=db, eta=eta, fprime=fprime)
         for observer in observers:
             observer.step(k, net, state)
