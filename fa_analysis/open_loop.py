@@ -218,6 +218,11 @@ def scenario_signals(scenario: str, s: OpenLoopSettings) -> Signals:
             f"scenario {scenario!r} imposes L_0 = delta_2, which needs open_loop.sizes[0] == sizes[2]; "
             f"got {list(s.sizes)}"
         )
+    return _scenario_stream(scenario, s)
+
+
+def _scenario_stream(scenario: str, s: OpenLoopSettings) -> Signals:
+    n_0, _, n_2 = s.sizes
     draw = _normal_draw(s)
     L_shape = (s.repetitions, s.batch_size, n_0)
     delta_shape = (s.repetitions, s.batch_size, n_2)
@@ -247,6 +252,12 @@ def beta_signals(beta: float, input_mode: str, s: OpenLoopSettings) -> Signals:
     """
     if input_mode not in BETA_SWEEP_INPUTS:
         raise ValueError(f"unknown beta-sweep input {input_mode!r}; accepted: {BETA_SWEEP_INPUTS}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+    return _beta_stream(beta, input_mode, s)
+
+
+def _beta_stream(beta: float, input_mode: str, s: OpenLoopSettings) -> Signals:
     n_0, _, n_2 = s.sizes
     draw = _normal_draw(s)
     L_shape = (s.repetitions, s.batch_size, n_0)
