@@ -50,8 +50,12 @@ def _tanh_relu(Z: Tensor, out: Tensor | None = None) -> Tensor:
 
 def _tanh_relu_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
     """``f'(x) = 1[x>0] sech^2(x) = 1[x>0] - L^2``: where ``x <= 0``, ``L = 0``, so both are 0 there."""
-    out = out.copy_(Z > 0) if out is not None else (Z > 0).to(L.dtype)
-    return out.addcmul_(L, L, value=-1)
+    return _step(Z, out).addcmul_(L, L, value=-1)
+
+
+def _step(Z: Tensor, out: Tensor | None) -> Tensor:
+    """``1[Z>0]`` as floats, written as ``max(sign(Z), 0)``: exact, and much faster than a comparison."""
+    return (torch.sign(Z, out=out) if out is not None else torch.sign(Z)).clamp_(min=0)
 
 
 def _relu(Z: Tensor, out: Tensor | None = None) -> Tensor:
@@ -60,9 +64,7 @@ def _relu(Z: Tensor, out: Tensor | None = None) -> Tensor:
 
 def _relu_prime(Z: Tensor, L: Tensor, out: Tensor | None = None) -> Tensor:
     """``f'(x) = 1[x>0]``."""
-    if out is None:
-        return (Z > 0).to(Z.dtype)
-    return out.copy_(Z > 0)
+    return _step(Z, out)
 
 
 def _tanh(Z: Tensor, out: Tensor | None = None) -> Tensor:

@@ -13,8 +13,9 @@ run. The loop records only Frobenius products -- one small Gram matrix per layer
 
 Speed: ``W`` and ``b`` are views into one flat row ``theta = [W_0 .. W_{d-1} | b_1 .. b_d]``
 (the snapshot layout), the updates likewise, so the step is one ``theta += eta dtheta``. ``Z``,
-``L``, ``f'`` and the deltas of all layers are column blocks of one buffer each, so ``f'`` is one
-call for all layers. Nothing syncs with the device inside an epoch.
+``L``, ``f'`` and the deltas of all layers are blocks of one layer-major buffer each, so ``f'`` is
+one call for all layers; the epoch's examples are gathered once in minibatch order. Nothing
+syncs with the device inside an epoch.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def _check_device(device: Any) -> None:
 class StepState:
     """What one step computed, handed to observers before the update is applied.
 
-    Tensors are views into buffers the loop reuses at the next step: clone what you keep.
+    Tensors are views into buffers the loop reuses at the next step (clone what you keep), not
+    always contiguous (use ``reshape``, not ``view``).
     ``X = L[0]`` is the batch input, ``Y`` its targets, ``labels`` its (possibly noisy) class
     labels, ``batch_index`` its dataset indices; ``Z``, ``L``, ``fprime`` (``f'(Z_l)``),
     ``delta`` (of the driving rule) are lists of length ``d+1``; ``dW``, ``db`` are the updates
@@ -259,7 +261,7 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Buffers: W, b and updates as views into one flat tensor; activations as column blocks
+# Buffers: W, b and updates as views into one flat tensor; activations stored layer-major
 # --------------------------------------------------------------------------------------------
 
 THETA, BT, DRIVE = 0, 1, 2  # rows of the bank; rows 3 (and 4 for DFA) hold the shadow updates
@@ -271,8 +273,10 @@ class _Buffers:
     ``bank`` is ``(R, P)``: row ``THETA`` = ``[W_0 .. W_{d-1} | b_1 .. b_d]`` flattened (the live
     network is views into it), row ``BT`` = ``[B_1^T .. ]`` in the layout of W (zeros for
     layer 0 and the biases), row ``DRIVE`` = the driving rule's ``[dW | db]``, the rows after it
-    the other rules' ``dW``. ``Z``, ``L``, ``f'`` and deltas are ``(n_b, n_1 + .. + n_d)`` with
-    layer ``l`` in columns ``cols[l]``.
+    the other rules' ``dW``. ``Z``, ``L``, ``f'`` and the deltas of all layers live in
+    ``(n_1 + .. + n_d, n_b)`` buffers, layer ``l`` in rows ``rows[l]``; the loop sees each
+    layer as the ``(n_b, n_l)`` view ``buffer[rows[l]].T``, so every elementwise operation runs
+    on contiguous memory and ``f'`` of all layers is one call.
     """
 
     def __init__(self, net: Network, shadow_rules: Sequence[str], batch_size: int, device, dtype):
@@ -282,10 +286,9 @@ class _Buffers:
         self.w_bounds = np.concatenate([[0], np.cumsum(w_numel)]).tolist()
         P_W = self.w_bounds[-1]
         N = sum(sizes[1:])
-        self.P_W, self.N = P_W, N
         self.bank = torch.zeros(DRIVE + 1 + len(shadow_rules), P_W + N, device=device, dtype=dtype)
-        col_bounds = np.concatenate([[0], np.cumsum(sizes[1:])]).tolist()
-        self.cols = [None] + [slice(col_bounds[l - 1], col_bounds[l]) for l in range(1, d + 1)]
+        unit_bounds = np.concatenate([[0], np.cumsum(sizes[1:])]).tolist()
+        self.rows = [None] + [slice(unit_bounds[l - 1], unit_bounds[l]) for l in range(1, d + 1)]
 
         def w_views(row: int) -> list[Tensor]:
             return [
@@ -294,7 +297,7 @@ class _Buffers:
             ]
 
         def b_views(row: int) -> list[Tensor]:
-            return [self.bank[row, P_W + col_bounds[l] : P_W + col_bounds[l + 1]] for l in range(d)]
+            return [self.bank[row, P_W + unit_bounds[l] : P_W + unit_bounds[l + 1]] for l in range(d)]
 
         self.theta = self.bank[THETA]
         self.W, self.b = w_views(THETA), b_views(THETA)
@@ -308,34 +311,31 @@ class _Buffers:
         self.dW, self.db = w_views(DRIVE), b_views(DRIVE)
         self.shadow_dW = [w_views(DRIVE + 1 + i) for i in range(len(shadow_rules))]
 
-        def blocks(buffer: Tensor) -> list[Tensor | None]:
-            return [None] + [buffer[:, self.cols[l]] for l in range(1, d + 1)]
+        def layer_major() -> tuple[Tensor, list[Tensor | None]]:
+            buffer = torch.empty(N, batch_size, device=device, dtype=dtype)
+            return buffer, [None] + [buffer[self.rows[l]].T for l in range(1, d + 1)]
 
-        nb = batch_size
-        self.X = torch.empty(nb, sizes[0], device=device, dtype=dtype)
-        self.Y = torch.empty(nb, sizes[-1], device=device, dtype=dtype)
-        self.labels = torch.empty(nb, device=device, dtype=torch.int64)
-        self.E = torch.empty(nb, sizes[-1], device=device, dtype=dtype)
-        self.Z_all, self.L_all, self.fprime_all = (torch.empty(nb, N, device=device, dtype=dtype) for _ in range(3))
-        self.Z, self.L, self.fprime = blocks(self.Z_all), blocks(self.L_all), blocks(self.fprime_all)
-        self.L[0] = self.X
-        self.delta_all = torch.empty(nb, N, device=device, dtype=dtype)
-        self.delta = blocks(self.delta_all)
+        self.E_all = torch.empty(sizes[-1], batch_size, device=device, dtype=dtype)
+        self.E = self.E_all.T
+        self.Z_all, self.Z = layer_major()
+        self.L_all, self.L = layer_major()
+        self.fprime_all, self.fprime = layer_major()
+        self.delta_all, self.delta = layer_major()
         self.shadow_delta = []
         for _ in shadow_rules:
-            buffer = blocks(torch.empty(nb, N, device=device, dtype=dtype))
-            buffer[d] = self.delta[d]  # delta_d = E * f'(Z_d) under every rule
-            self.shadow_delta.append(buffer)
-        self.delta_sq = torch.empty(nb, N, device=device, dtype=dtype)
-        self.delta_col_sq = torch.empty(N, device=device, dtype=dtype)
-        # (d, N) 0/1 matrix summing the columns of each layer's block: per-layer ||delta_l||^2
-        self.layer_of_col = torch.zeros(d, N, device=device, dtype=dtype)
+            _, delta = layer_major()
+            delta[d] = self.delta[d]  # delta_d = E * f'(Z_d) under every rule
+            self.shadow_delta.append(delta)
+        self.unit_sq = torch.empty(N, device=device, dtype=dtype)
+        # (d, N) 0/1 matrix summing each layer's units: ||delta_l||^2 from per-unit sums of squares
+        self.layer_of_unit = torch.zeros(d, N, device=device, dtype=dtype)
         for l in range(1, d + 1):
-            self.layer_of_col[l - 1, self.cols[l]] = 1
+            self.layer_of_unit[l - 1, self.rows[l]] = 1
 
-    def layer_rows(self, l: int) -> Tensor:
-        """``(R, n_l n_{l+1})``: layer ``l``'s ``W``, ``B^T``, ``dW`` and shadow ``dW`` flattened."""
-        return self.bank[:, self.w_bounds[l] : self.w_bounds[l + 1]]
+        # (R, n_l n_{l+1}) per layer: W, B^T, dW and shadow dW flattened; their Gram matrix
+        # holds every Frobenius product the metrics need
+        self.layer_rows = [self.bank[:, self.w_bounds[l] : self.w_bounds[l + 1]] for l in range(d)]
+        self.layer_rows_T = [rows.T for rows in self.layer_rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,6 +415,7 @@ def train_run(
         t_eval += time.perf_counter() - t0
 
     k, epoch_rate = 0, float("nan")
+    order_cpu = order_dev = X_epoch = labels_epoch = Y_epoch = Y_codes = None
     for epoch in range(spec.epochs):
         phase = phase_of_epoch[epoch]
         if epoch > 0 and phase != phase_of_epoch[epoch - 1]:
@@ -424,19 +425,25 @@ def train_run(
         _log_epoch(log, spec, epoch, loss_raw, n_batches, evaluations[-1], net, epoch_rate)
         t0 = time.perf_counter()
         order = data.batch_order(X_train.shape[0], spec.batch_size, epoch, spec.reshuffle, spec.seed + ORDER_SEED_OFFSET)
-        batches = order.to(device).view(n_batches, spec.batch_size)
+        if order_cpu is None or not torch.equal(order, order_cpu):
+            # the epoch's examples in minibatch order: each batch is then a contiguous slice
+            order_cpu, order_dev = order, order.to(device)
+            X_epoch = X_train.index_select(0, order_dev)
+            labels_epoch = y_train.index_select(0, order_dev)
+            Y_epoch = None
+        if Y_epoch is None or Y_codes is not codes:
+            # targets Y* stored unit-major like L_d, so that E = Y* - L_d runs on matching layouts
+            Y_epoch, Y_codes = codes.T.index_select(1, labels_epoch).T, codes
         for i in range(n_batches):
             if s > 0 and k % s == 0:
                 snapshots[k // s].copy_(buf.theta)
-            batch_index = batches[i]
-            torch.index_select(X_train, 0, batch_index, out=buf.X)
-            torch.index_select(y_train, 0, batch_index, out=buf.labels)
-            torch.index_select(codes, 0, buf.labels, out=buf.Y)
+            batch = slice(i * spec.batch_size, (i + 1) * spec.batch_size)
+            X, Y, batch_labels = X_epoch[batch], Y_epoch[batch], labels_epoch[batch]
 
             # forward, error, loss, f' for all layers at once (SPEC 1)
-            Z, L = forward(net, buf.X, buf.Z, buf.L)
-            E = output_error(buf.Y, L[d], out=buf.E)
-            e = E.view(-1)
+            Z, L = forward(net, X, buf.Z, buf.L)
+            E = output_error(Y, L[d], out=buf.E)
+            e = buf.E_all.view(-1)
             torch.dot(e, e, out=loss_raw[k])  # 2 * loss; halved at the end
             fprime_fn(buf.Z_all, buf.L_all, buf.fprime_all)
             fprime = buf.fprime
@@ -449,17 +456,18 @@ def train_run(
             if spec.metrics:
                 for rule, shadow_delta, shadow_dW in zip(shadow_rules, buf.shadow_delta, buf.shadow_dW):
                     backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta)
-                    dW_updates(L, shadow_delta, out=shadow_dW)
+                    # layers 0..d-2; the output layer's dW = L_{d-1}^T delta_d is the same under every rule
+                    dW_updates(L[:d], shadow_delta[:d], out=shadow_dW)
+                    shadow_dW[d - 1].copy_(dW[d - 1])
+                gram_k = gram[k]
                 for l in range(d):
-                    rows = buf.layer_rows(l)
-                    torch.mm(rows, rows.T, out=gram[k, l])
-                torch.mul(buf.delta_all, buf.delta_all, out=buf.delta_sq)
-                torch.sum(buf.delta_sq, 0, out=buf.delta_col_sq)
-                torch.mv(buf.layer_of_col, buf.delta_col_sq, out=delta_sq[k])
+                    torch.mm(buf.layer_rows[l], buf.layer_rows_T[l], out=gram_k[l])
+                torch.linalg.vector_norm(buf.delta_all, dim=1, out=buf.unit_sq)
+                torch.mv(buf.layer_of_unit, buf.unit_sq.square_(), out=delta_sq[k])
 
             if observers:
                 state = StepState(
-                    X=buf.X, Y=buf.Y, labels=buf.labels, batch_index=batch_index, Z=Z, L=L,
+                    X=X, Y=Y, labels=batch_labels, batch_index=order_dev[batch], Z=Z, L=L,
                     delta=delta, dW=dW, db=db, eta=spec.eta, fprime=fprime,
                 )
                 for observer in observers:
@@ -470,10 +478,10 @@ def train_run(
             if spec.wn:
                 normalize_columns_(net.W, spec.gamma)
             k += 1
+        divergence = _find_divergence(loss_raw, gram, buf.theta, k - n_batches, k)  # waits for the device
         elapsed = time.perf_counter() - t0
         t_train += elapsed
         epoch_rate = n_batches / elapsed if elapsed > 0 else float("inf")
-        divergence = _find_divergence(loss_raw, gram, buf.theta, k - n_batches, k)
         if divergence is not None:
             log(f"[{spec.name}] diverged at iteration {divergence['iteration']}: {divergence['reason']}")
             break

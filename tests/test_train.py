@@ -138,7 +138,7 @@ def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(syntheti
         dW_bp, _ = weight_updates(net, L, backward_deltas(net, Z, L, E, "bp"))
         for l in range(d):
             torch.testing.assert_close(step["dW"][l], weight_updates(net, L, delta_fa)[0][l])
-            assert row[f"angle_dWfa_dWbp_{l}"] == pytest.approx(angle_deg(step["dW"][l], dW_bp[l]).item(), abs=1e-6)
+            assert row[f"angle_dWfa_dWbp_{l}"] == pytest.approx(angle_deg(step["dW"][l], dW_bp[l]).item(), abs=1e-5)
             assert row[f"angle_dW_W_{l}"] == pytest.approx(angle_deg(step["dW"][l], W[l]).item(), abs=1e-6)
             assert row[f"norm_W_{l}"] == pytest.approx(W[l].norm().item(), rel=1e-10)
             assert row[f"norm_W_rel_{l}"] == pytest.approx((W[l].norm() / W_first[l].norm()).item(), rel=1e-10)
@@ -377,6 +377,18 @@ def test_unknown_spec_key_is_an_error_naming_it():
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         RunSpec(device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_the_cpu_run(synthetic, tmp_path):
+    spec = _spec(rule="fa", wn=True, gamma=1.0, ibn=True, eta=2e-3)
+    cpu = train_run(spec, synthetic, tmp_path / "cpu", log=_quiet)
+    gpu = train_run(RunSpec(**{**spec.to_dict(), "device": "cuda"}), synthetic, tmp_path / "gpu", log=_quiet)
+    assert gpu.status == "completed" and "cuda" in json.loads((tmp_path / "gpu" / "run.json").read_text())["device"]
+    m_cpu, m_gpu = pd.read_parquet(cpu.files["metrics"]), pd.read_parquet(gpu.files["metrics"])
+    np.testing.assert_allclose(m_gpu.to_numpy(), m_cpu.to_numpy(), rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(np.load(gpu.files["snapshots"])["theta"], np.load(cpu.files["snapshots"])["theta"], rtol=1e-6, atol=1e-7)
+    assert gpu.final_test_accuracy == cpu.final_test_accuracy
 
 
 def test_input_size_must_match_the_data(synthetic, tmp_path):
