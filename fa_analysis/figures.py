@@ -33,7 +33,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fa_analysis import aggregate  # noqa: E402
 
@@ -194,6 +196,11 @@ def _legend_below(fig, axes, ncol: int | None = None, handles=None, labels=None)
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 5))
 
 
+def _integer_ticks(ax, axis: str = "x"):
+    """Integer tick labels (epochs, lags)."""
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
 def _chance_line(ax, y: float = 90.0):
     ax.axhline(y, color="0.5", linestyle=":", linewidth=0.9, zorder=0)
 
@@ -254,7 +261,7 @@ def plot_open_loop_beta(sweep_tables: Mapping[bool, PathLike], out_stem: PathLik
     wn_colors = {False: PALETTE["fa"], True: PALETTE["fa_wn"]}
     wn_labels = {False: "no WN", True: "WN (γ = 1)"}
     betas = sorted(set().union(*(set(t["beta"].unique()) for t in sweeps.values())))
-    beta_colors = dict(zip(betas, sns.color_palette("viridis", len(betas))))
+    beta_colors = dict(zip(betas, sns.color_palette("viridis", len(betas) + 1)[:-1]))  # no pale yellow
     for panel, (wn, table) in enumerate(sorted(sweeps.items()), start=1):
         aggregated = mean_over_repetitions(table, keys=["beta", "iteration"])
         final = aggregated[aggregated["iteration"] == aggregated["iteration"].max()].sort_values("beta")
@@ -266,7 +273,7 @@ def plot_open_loop_beta(sweep_tables: Mapping[bool, PathLike], out_stem: PathLik
                          label=f"β = {beta:g}", alpha=0.12)
         _chance_line(axes[panel])
         axes[panel].set(xlabel="iteration", title=f"Time course, {wn_labels[wn]}")
-        axes[panel].legend(loc="lower left", ncol=2, fontsize="small")
+    _legend_below(fig, axes[1:], ncol=len(betas))
     _chance_line(axes[0])
     axes[0].set(xlabel=r"$\beta$ (autocorrelation of $\delta_2$)", ylabel=r"$\angle(W_1, B_1^\top)$ (degrees)",
                 title=r"Final angle vs $\beta$")
@@ -321,9 +328,10 @@ def plot_accuracy_loss(aggregated: Mapping[str, PathLike], out_stem: PathLike,
         plot_mean_sd(ax_loss, loss["epoch"], loss["mean"], loss["sd"], color=color, label=label)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     ax_loss.set(xlabel="epoch", ylabel=r"test loss per image, $\frac{1}{2}\|Y^* - Y\|^2$", title="Test loss")
-    ax_loss.set_yscale("log")
+    for ax in (ax_acc, ax_loss):
+        _integer_ticks(ax)
     _legend_below(fig, [ax_acc])
-    fig.suptitle("MNIST 15×15, 225-50-50-50-50-50 (mean ± sd over seeds)")
+    fig.suptitle("MNIST test set over training (mean ± sd over seeds)")
     return save_figure(fig, out_stem, formats)
 
 
@@ -368,8 +376,11 @@ def _variant(name: str) -> str:
 
 def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: str, x: str,
                   out_stem: PathLike, formats: Sequence[str], row_title: Callable[[int], str], xlabel: str,
-                  title: str) -> list[Path]:
-    """Panels rows = ``row_key`` values, columns = layers; lines = variant (colour) x kind (style)."""
+                  title: str, window: int = 1) -> list[Path]:
+    """Panels rows = ``row_key`` values, columns = layers; lines = variant (colour) x kind (style).
+
+    ``window`` > 1 passes mean and sd through :func:`causal_moving_average` along ``x``.
+    """
     tables = {_variant(name): read_table(directory, table_name) for name, directory in aggregated.items()}
     for variant in tables:
         if variant not in VARIANT_COLORS:
@@ -378,7 +389,8 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
     layers = sorted(set.intersection(*(set(t["layer"].unique()) for t in tables.values())))
     if not rows or not layers:
         raise ValueError(f"the {table_name} tables share no {row_key} / layer: nothing to plot")
-    fig, axes = _panels(len(rows) * len(layers), ncols=len(layers), width=3.0, height=2.5, sharex="row")
+    fig, axes = _panels(len(rows) * len(layers), ncols=len(layers), width=3.0, height=2.5,
+                        sharex=True if x == "iteration" else "row")
     axes = np.asarray(axes).reshape(len(rows), len(layers))
     for r, row_value in enumerate(rows):
         for c, layer in enumerate(layers):
@@ -389,11 +401,14 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
                     curve = part[part["measure"] == "angle"].sort_values(x)
                     if curve.empty:
                         continue
-                    sd = curve["sd"] if kind == "nonlinear" else np.full(len(curve), np.nan)
-                    plot_mean_sd(ax, curve[x], curve["mean"], sd, color=VARIANT_COLORS[variant],
+                    mean = causal_moving_average(curve["mean"].to_numpy(), window)
+                    sd = (causal_moving_average(curve["sd"].to_numpy(), window) if kind == "nonlinear"
+                          else np.full(len(curve), np.nan))
+                    plot_mean_sd(ax, curve[x], mean, sd, color=VARIANT_COLORS[variant],
                                  linestyle=style, label=f"{VARIANT_LABELS[variant]}, {kind}", linewidth=1.1)
             _chance_line(ax)
             ax.set_title(f"$W_{layer}$, {row_title(row_value)}", fontsize="medium")
+            _integer_ticks(ax)
             if r == len(rows) - 1:
                 ax.set_xlabel(xlabel)
         axes[r, 0].set_ylabel(r"$\angle(T^o_l[k], B_l^\top)$ (degrees)")
@@ -417,12 +432,18 @@ def plot_alignment_terms_lag(aggregated: Mapping[str, PathLike], out_stem: PathL
 
 
 def plot_alignment_terms_time(aggregated: Mapping[str, PathLike], out_stem: PathLike,
-                              formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """∠(T^o_l[k], B_lᵀ) vs iteration k at fixed lags o (config ``lags_over_time``), per layer (SPEC 6)."""
+                              formats: Sequence[str] = ("png", "pdf"), window: int = 60) -> list[Path]:
+    """∠(T^o_l[k], B_lᵀ) vs iteration k at fixed lags o (config ``lags_over_time``), per layer (SPEC 6).
+
+    The per-iteration angles scatter widely from one minibatch to the next; mean and sd are
+    passed through a causal moving average of ``window`` iterations (config
+    ``figures.moving_average``, as for the update angle).
+    """
     return _terms_panels(aggregated, "terms_time", "lag", "iteration", out_stem, formats,
                          row_title=lambda o: f"lag o = {o}", xlabel="iteration k",
-                         title="Angle of the alignment terms with the feedback weights over training "
-                               "(mean ± sd over seeds; solid nonlinear, dashed linear)")
+                         title=f"Angle of the alignment terms with the feedback weights over training (causal moving "
+                               f"average over {window} iterations;\nmean ± sd over seeds; solid nonlinear, dashed linear)",
+                         window=window)
 
 
 def _shadow_figure(directory: PathLike, series: Mapping[str, tuple[str, str, str]], out_stem: PathLike,
@@ -438,7 +459,7 @@ def _shadow_figure(directory: PathLike, series: Mapping[str, tuple[str, str, str
             plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"], color=SERIES_COLORS[color_key],
                          label=label, linestyle=style)
         _chance_line(ax)
-        ax.set(title=f"layer {layer}", xlabel="iteration")
+        ax.set(title=f"$W_{layer}$", xlabel="iteration")
     axes[0].set_ylabel("angle (degrees)")
     _legend_below(fig, axes, ncol=len(series))
     fig.suptitle(title)
@@ -483,17 +504,20 @@ def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence
     with np.load(pca_npz) as npz:
         data = {name: npz[name] for name in npz.files}
     _style()
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.6, 6.0), constrained_layout=True)
     loss = data["loss"]
     positive = loss[np.isfinite(loss) & (loss > 0)]
     if len(positive) and positive.max() > positive.min():
-        levels, norm = np.geomspace(positive.min(), positive.max(), 16), matplotlib.colors.LogNorm()
+        levels, norm = np.geomspace(positive.min(), positive.max(), 16), LogNorm()
     else:  # a flat landscape: linear levels
         levels, norm = None, None
+    # light greys only, so that every condition's line stays visible on the landscape
+    greys = ListedColormap(plt.get_cmap("Greys")(np.linspace(0.05, 0.6, 256)))
     contour = ax.contourf(data["grid_pc1"], data["grid_pc2"], np.where(loss > 0, loss, np.nan), levels=levels,
-                          cmap="Greys", norm=norm)
-    ax.contour(data["grid_pc1"], data["grid_pc2"], loss, levels=contour.levels, colors="0.55", linewidths=0.3)
-    fig.colorbar(contour, ax=ax, label="summed training loss on the plane (log scale)", format="%.3g")
+                          cmap=greys, norm=norm)
+    ax.contour(data["grid_pc1"], data["grid_pc2"], loss, levels=contour.levels, colors="0.45", linewidths=0.3)
+    scale = " (log colour scale)" if norm is not None else ""
+    fig.colorbar(contour, ax=ax, label=f"summed training loss on the plane{scale}", format="%.4g")
     for index, method in enumerate(data["methods"]):
         points = data["points"][data["point_method"] == index]
         color, label = _condition_color(str(method)), _condition_label(str(method))
@@ -507,7 +531,7 @@ def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence
     ratio = data["explained_variance_ratio"]
     ax.set(xlabel=f"PC1 ({100 * ratio[0]:.1f} % of variance)", ylabel=f"PC2 ({100 * ratio[1]:.1f} % of variance)",
            title="Weight trajectories on the joint PCA plane (○ start, □ end)")
-    ax.legend(loc="best", fontsize="small", framealpha=0.8, frameon=True)
+    fig.legend(loc="outside lower center", ncol=3, fontsize="small")
     return save_figure(fig, out_stem, formats)
 
 
@@ -599,8 +623,10 @@ def plot_label_change(aggregated: Mapping[str, PathLike], out_stem: PathLike,
             ax.axvline(boundary, color="0.3", linestyle="--", linewidth=0.9)
     _chance_line(ax_angle)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (new code map at dashed line)")
-    ax_angle.set(xlabel="epoch", ylabel=r"$\angle(W, B^\top)$, layers 1..d-1 concatenated (degrees)",
-                 title="Alignment, all layers")
+    ax_angle.set(xlabel="epoch", ylabel=r"$\angle(W, B^\top)$ (degrees)",
+                 title="Alignment, layers 1..d-1 concatenated")
+    for ax in (ax_acc, ax_angle):
+        _integer_ticks(ax)
     _legend_below(fig, [ax_acc])
     fig.suptitle("Label change across time (mean ± sd over seeds)")
     return save_figure(fig, out_stem, formats)
