@@ -144,7 +144,12 @@ def final_angles(run: Run) -> tuple[dict[str, float], str]:
 
 
 def run_record(run: Run) -> dict:
-    """One row of ``runs.csv``: identity, status, divergence, final test accuracy and angles."""
+    """One row of ``runs.csv``: identity, status, divergence, final test accuracy and angles.
+
+    ``final_test_accuracy`` / ``final_test_loss`` are those of the last evaluation the run reached
+    (``final_epoch`` says which: for a diverged run, the last one before it diverged);
+    ``angles_from`` says where the final angles come from (see :func:`final_angles`).
+    """
     spec = run.spec
     divergence = run.info.get("divergence") or {}
     evaluation = run.evaluation
@@ -272,6 +277,8 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
         write(name, mean_sd(tables))
 
     records = pd.DataFrame([run_record(r) for r in runs]).sort_values("seed", kind="stable")
+    for column in ("divergence_iteration", "final_epoch"):  # integers with gaps, not floats
+        records[column] = records[column].astype("Int64")
     runs_csv = out_dir / "runs.csv"
     artifacts.atomic_write_bytes(runs_csv, records.to_csv(index=False).encode())
     written["runs"] = runs_csv

@@ -121,8 +121,17 @@ def read_trajectory(method: str, run_dir: PathLike) -> Trajectory:
     info = json.loads(info_path.read_text())
     with np.load(snapshots_path) as snapshots:
         iterations, theta = snapshots["iterations"], snapshots["theta"]
+        shapes = json.loads(str(snapshots["shapes"])) if "shapes" in snapshots.files else None
     if theta.ndim != 2 or len(theta) != len(iterations) or len(theta) < 1:
         raise ValueError(f"{snapshots_path}: theta has shape {theta.shape} for {len(iterations)} iterations")
+    sizes = info["spec"]["sizes"]
+    layout = {name: list(shape) for name, _, shape in theta_layout(sizes)}
+    if isinstance(shapes, dict) and (
+        shapes.get("W") != [layout[f"W{l}"] for l in range(len(sizes) - 1)]
+        or shapes.get("b") != [layout[f"b{l}"] for l in range(1, len(sizes))]
+    ):
+        raise ValueError(f"{snapshots_path}: snapshot shapes {shapes} differ from the layout of sizes {sizes} "
+                         "(all W then all b); the snapshots were not written by train_run")
     return Trajectory(method=method, path=path, info=info, iterations=iterations, theta=theta)
 
 

@@ -46,7 +46,8 @@ def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=3
     a, c = rng.uniform(0.5, 2) * t, rng.uniform(-1, 1) * t ** 2
     theta = (theta0 + a[:, None] * u + c[:, None] * v).astype(np.float32)
     np.savez(run_dir / "snapshots.npz", iterations=np.arange(snapshots) * 3, theta=theta,
-             shapes=np.array(json.dumps(SIZES)))
+             shapes=np.array(json.dumps({"W": [[a, b] for a, b in zip(SIZES[:-1], SIZES[1:])],
+                                         "b": [[n] for n in SIZES[1:]]})))
     B = {f"B{l}": rng.normal(0, 0.1, (SIZES[l + 1], SIZES[l])) for l in range(1, len(SIZES) - 1)}
     np.savez(run_dir / "weights.npz", **B)
     spec = {"experiment": "trajectory", "condition": method, "seed": seed, "sizes": SIZES, "rule": rule,
