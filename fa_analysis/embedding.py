@@ -251,7 +251,8 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
 
     Writes ``out_npz`` with ``methods``, ``point_method`` (index into methods), ``point_iteration``,
     ``points`` (N, 2), ``reference_labels``, ``reference_points`` (R, 2), ``grid_pc1`` (G,),
-    ``grid_pc2`` (G,), ``loss`` (G, G; row i is ``grid_pc2[i]``), ``explained_variance_ratio`` (2,),
+    ``grid_pc2`` (G,), ``loss`` (G, G; row i is ``grid_pc2[i]``), ``landscape_images`` (the number
+    of training images the loss sums over), ``explained_variance_ratio`` (2,),
     ``components`` (2, P), ``mean`` (P,), and ``out_json`` with the settings, runs, seed,
     explained variance and code version. Returns the JSON dict.
     """
@@ -302,6 +303,7 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
         grid_pc1=grid[0],
         grid_pc2=grid[1],
         loss=loss,
+        landscape_images=np.array(len(X)),
         explained_variance_ratio=pca.explained_variance_ratio_,
         components=pca.components_.astype(np.float32),
         mean=pca.mean_.astype(np.float32),

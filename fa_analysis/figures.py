@@ -35,7 +35,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from fa_analysis import aggregate  # noqa: E402
 
@@ -507,17 +507,19 @@ def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence
     fig, ax = plt.subplots(figsize=(6.6, 6.0), constrained_layout=True)
     loss = data["loss"]
     positive = loss[np.isfinite(loss) & (loss > 0)]
-    if len(positive) and positive.max() > positive.min():
+    if len(positive) and positive.max() > 10 * positive.min():  # spans decades: log levels
         levels, norm = np.geomspace(positive.min(), positive.max(), 16), LogNorm()
-    else:  # a flat landscape: linear levels
-        levels, norm = None, None
+    else:
+        levels, norm = 16, None
     # light greys only, so that every condition's line stays visible on the landscape
     greys = ListedColormap(plt.get_cmap("Greys")(np.linspace(0.05, 0.6, 256)))
     contour = ax.contourf(data["grid_pc1"], data["grid_pc2"], np.where(loss > 0, loss, np.nan), levels=levels,
                           cmap=greys, norm=norm)
     ax.contour(data["grid_pc1"], data["grid_pc2"], loss, levels=contour.levels, colors="0.45", linewidths=0.3)
     scale = " (log colour scale)" if norm is not None else ""
-    fig.colorbar(contour, ax=ax, label=f"summed training loss on the plane{scale}", format="%.4g")
+    images = f" over {int(data['landscape_images']):,} training images" if "landscape_images" in data else ""
+    fig.colorbar(contour, ax=ax, label=f"summed training loss{images}{scale}",
+                 format=FuncFormatter(lambda value, _: f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"))
     for index, method in enumerate(data["methods"]):
         points = data["points"][data["point_method"] == index]
         color, label = _condition_color(str(method)), _condition_label(str(method))
