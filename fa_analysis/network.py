@@ -247,6 +247,7 @@ def backward_deltas(
     *,
     fprime: Sequence[Tensor | None] | None = None,
     out: Sequence[Tensor | None] | None = None,
+    delta_d: Tensor | None = None,
 ) -> list[Tensor | None]:
     """Deltas of ``rule`` (SPEC 1), a list of length ``d+1`` with ``delta[0] = None``.
 
@@ -256,7 +257,8 @@ def backward_deltas(
     - ``dfa``: ``delta_l = (delta_d D_l)       * f'(Z_l)``;
 
     for ``l = d-1..1``. ``fprime`` (from ``derivatives``) saves recomputing ``f'``; ``out``
-    buffers are written in place. ``out[d]`` may be shared between rules: ``delta_d`` is the same.
+    buffers are written in place. ``delta_d`` is the same under every rule: pass one already
+    computed (for another rule) to reuse it.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
@@ -264,7 +266,7 @@ def backward_deltas(
     if fprime is None:
         fprime = derivatives(net, Z, L)
     delta: list[Tensor | None] = [None] * (d + 1)
-    delta[d] = _mul(E, fprime[d], out[d] if out is not None else None)
+    delta[d] = delta_d if delta_d is not None else _mul(E, fprime[d], out[d] if out is not None else None)
     for l in range(d - 1, 0, -1):
         if rule == "bp":
             upstream, M = delta[l + 1], net.W[l].T

@@ -41,7 +41,6 @@ from fa_analysis.network import (
     RULES,
     Network,
     backward_deltas,
-    db_updates,
     dW_updates,
     forward,
     init_network,
@@ -309,6 +308,7 @@ class _Buffers:
         self.net = Network(W=self.W, b=self.b, B=net.B, D=net.D, activation=net.activation, bias=net.bias)
         self.dtheta = self.bank[DRIVE]
         self.dW, self.db = w_views(DRIVE), b_views(DRIVE)
+        self.db_all = self.bank[DRIVE, P_W:]  # [db_1 .. db_d]: unit-major like the deltas
         self.shadow_dW = [w_views(DRIVE + 1 + i) for i in range(len(shadow_rules))]
 
         def layer_major() -> tuple[Tensor, list[Tensor | None]]:
@@ -321,21 +321,27 @@ class _Buffers:
         self.L_all, self.L = layer_major()
         self.fprime_all, self.fprime = layer_major()
         self.delta_all, self.delta = layer_major()
-        self.shadow_delta = []
-        for _ in shadow_rules:
-            _, delta = layer_major()
-            delta[d] = self.delta[d]  # delta_d = E * f'(Z_d) under every rule
-            self.shadow_delta.append(delta)
+        self.shadow_delta = [layer_major()[1] for _ in shadow_rules]
         self.unit_sq = torch.empty(N, device=device, dtype=dtype)
         # (d, N) 0/1 matrix summing each layer's units: ||delta_l||^2 from per-unit sums of squares
         self.layer_of_unit = torch.zeros(d, N, device=device, dtype=dtype)
         for l in range(1, d + 1):
             self.layer_of_unit[l - 1, self.rows[l]] = 1
 
-        # (R, n_l n_{l+1}) per layer: W, B^T, dW and shadow dW flattened; their Gram matrix
-        # holds every Frobenius product the metrics need
-        self.layer_rows = [self.bank[:, self.w_bounds[l] : self.w_bounds[l + 1]] for l in range(d)]
-        self.layer_rows_T = [rows.T for rows in self.layer_rows]
+        # Layer l's rows W, B^T, dW, shadow dW flattened, (R, n_l n_{l+1}): their Gram matrix
+        # holds every Frobenius product the metrics need. Consecutive layers of one size share
+        # a batched product: gram_groups holds (first layer, last layer + 1, (g, R, n) view).
+        self.gram_groups = []
+        for l in range(d):
+            if self.gram_groups and w_numel[self.gram_groups[-1][0]] == w_numel[l]:
+                self.gram_groups[-1][1] = l + 1
+            else:
+                self.gram_groups.append([l, l + 1])
+        R = self.bank.shape[0]
+        self.gram_groups = [
+            (a, e, self.bank[:, self.w_bounds[a] : self.w_bounds[e]].view(R, e - a, w_numel[a]).transpose(0, 1))
+            for a, e in self.gram_groups
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,17 +457,19 @@ def train_run(
             # the driving rule's deltas and updates
             delta = backward_deltas(net, Z, L, E, spec.rule, fprime=fprime, out=buf.delta)
             dW = dW_updates(L, delta, out=buf.dW)
-            db = db_updates(net, delta, out=buf.db)
+            if spec.bias:  # db_l = 1^T delta_l for every layer at once: row sums of the delta buffer
+                torch.sum(buf.delta_all, 1, out=buf.db_all)
+            db = buf.db  # views of db_all (zeros that stay zero with bias off)
 
             if spec.metrics:
                 for rule, shadow_delta, shadow_dW in zip(shadow_rules, buf.shadow_delta, buf.shadow_dW):
-                    backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta)
+                    backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta, delta_d=delta[d])
                     # layers 0..d-2; the output layer's dW = L_{d-1}^T delta_d is the same under every rule
                     dW_updates(L[:d], shadow_delta[:d], out=shadow_dW)
                     shadow_dW[d - 1].copy_(dW[d - 1])
                 gram_k = gram[k]
-                for l in range(d):
-                    torch.mm(buf.layer_rows[l], buf.layer_rows_T[l], out=gram_k[l])
+                for first, end, rows in buf.gram_groups:
+                    torch.bmm(rows, rows.transpose(1, 2), out=gram_k[first:end])
                 torch.linalg.vector_norm(buf.delta_all, dim=1, out=buf.unit_sq)
                 torch.mv(buf.layer_of_unit, buf.unit_sq.square_(), out=delta_sq[k])
 
