@@ -1,8 +1,8 @@
 # Shared by every stage: the run specs, result paths, wildcard constraints, code hashes and the
 # input functions. Nothing here computes science; it only says which files feed which job.
 
+import functools
 import re
-from pathlib import Path
 
 from fa_analysis.config import (
     code_hash,
@@ -44,11 +44,11 @@ wildcard_constraints:
 # --------------------------------------------------------------------------------------------
 # Code hashes: a job's params carry the hash of the package modules it runs, with every package
 # module they import (config.code_hash), so editing fa_analysis/network.py reruns the training
-# jobs but not the figures, and editing fa_analysis/figures.py redraws figures without retraining.
+# jobs but not the figures, editing fa_analysis/figures.py redraws figures without retraining,
+# and editing fa_analysis/shadow.py reruns only the shadow runs (train_code below).
 
 CODE = {
     "data": code_hash("data"),
-    "train": code_hash("train", "alignment_terms", "shadow"),
     "open_loop": code_hash("open_loop"),
     "aggregate": code_hash("aggregate"),
     "embedding": code_hash("embedding"),
@@ -73,6 +73,16 @@ def run_spec(wildcards):
             f"'{key[0]}' are {', '.join(RUNS.get(key[0], {}))} with their seeds"
         )
     return SPECS[key]
+
+
+def train_code(wildcards):
+    """The training code of one run: the engine, and the observer modules its spec names."""
+    return training_code_hash(*run_spec(wildcards)["observers"])
+
+
+@functools.cache
+def training_code_hash(*observers):
+    return code_hash("train", *observers)
 
 
 def train_inputs(wildcards):

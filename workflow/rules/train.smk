@@ -11,7 +11,7 @@ rule train:
         directory(results("runs/{experiment}/{condition}/seed{seed}")),
     params:
         spec=run_spec,
-        code=CODE["train"],
+        code=train_code,
     log:
         results("logs/train/{experiment}/{condition}/seed{seed}.log"),
     benchmark:
