@@ -10,9 +10,10 @@ Rows:
 
 ``train_run`` is timed from inside, with an observer that reads the clock at every step, so
 evaluation and file writing are excluded. Each row is the median over timed blocks of
-``--block`` iterations after ``--warmup`` iterations. Usage::
+``--block`` iterations (after ``--warmup`` iterations), pooled over ``--rounds`` rounds that
+alternate the four measurements. Usage::
 
-    python benchmarks/bench_engine.py --threads 2 [--device cuda] [--blocks 15 --block 20]
+    python benchmarks/bench_engine.py --threads 2 [--device cuda] [--rounds 3 --blocks 15 --block 20]
 """
 
 from __future__ import annotations
@@ -67,16 +68,20 @@ def _blocks_from_steps(times: list[float], per_epoch: int, warmup: int, block: i
     return out
 
 
-def bench_train_run(metrics: bool, device, dtype, args) -> list[float]:
+def synthetic_dataset() -> SimpleNamespace:
+    """60 minibatches of random inputs and labels (the speed does not depend on the values)."""
     n_train = BATCH * 60
     g = torch.Generator().manual_seed(0)
-    dataset = SimpleNamespace(
+    return SimpleNamespace(
         X_train=torch.rand(n_train, SIZES[0], generator=g),
         y_train=torch.randint(0, 10, (n_train,), generator=g),
         X_test=torch.rand(1000, SIZES[0], generator=g),
         y_test=torch.randint(0, 10, (1000,), generator=g),
         metadata={},
     )
+
+
+def bench_train_run(metrics: bool, device, dtype, args, dataset) -> list[float]:
     iterations = args.warmup + args.blocks * args.block
     epochs = -(-iterations // 60) + 1
     spec = RunSpec(rule="fa", eta=5e-4, epochs=epochs, metrics=metrics, snapshot_every=3,
@@ -185,16 +190,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--block", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
-    rows = [
-        ("train_run, metrics on", bench_train_run(True, device, dtype, args)),
-        ("train_run, metrics off", bench_train_run(False, device, dtype, args)),
-        ("matrix products alone", bench_matmuls(device, dtype, args)),
-        ("naive torch", bench_naive(device, dtype, args)),
-    ]
+    # Rounds alternate the four measurements, so that a drift in the machine's speed (shared
+    # hosts) touches all of them alike; each row pools its blocks over the rounds.
+    dataset = synthetic_dataset()
+    benches = {
+        "train_run, metrics on": lambda: bench_train_run(True, device, dtype, args, dataset),
+        "train_run, metrics off": lambda: bench_train_run(False, device, dtype, args, dataset),
+        "matrix products alone": lambda: bench_matmuls(device, dtype, args),
+        "naive torch": lambda: bench_naive(device, dtype, args),
+    }
+    pooled = {name: [] for name in benches}
+    for _ in range(args.rounds):
+        for name, bench in benches.items():
+            pooled[name] += bench()
+    rows = list(pooled.items())
     medians = {name: statistics.median(blocks) for name, blocks in rows}
     floor, naive = medians["matrix products alone"], medians["naive torch"]
     print(f"net {'-'.join(map(str, SIZES))}, batch {BATCH}, {args.dtype}, device {device}, "

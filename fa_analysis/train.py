@@ -266,8 +266,8 @@ class RunResult:
 THETA, BT, DRIVE = 0, 1, 2  # rows of the bank; rows 3 (and 4 for DFA) hold the shadow updates
 
 
-class _Buffers:
-    """Preallocated memory of the loop.
+class _Engine:
+    """One training step on preallocated memory, and the per-iteration records (SPEC 1, 3, 5).
 
     ``bank`` is ``(R, P)``: row ``THETA`` = ``[W_0 .. W_{d-1} | b_1 .. b_d]`` flattened (the live
     network is views into it), row ``BT`` = ``[B_1^T .. ]`` in the layout of W (zeros for
@@ -278,9 +278,15 @@ class _Buffers:
     on contiguous memory and ``f'`` of all layers is one call.
     """
 
-    def __init__(self, net: Network, shadow_rules: Sequence[str], batch_size: int, device, dtype):
+    def __init__(self, spec: RunSpec, net: Network, num_iterations: int, device, dtype):
         sizes, d = net.sizes, net.d
-        self.d = d
+        self.spec, self.d = spec, d
+        batch_size = spec.batch_size
+        # the other rules, computed on the same batch and state for the metrics: BP for an FA
+        # run, FA for a BP run, both for a DFA run
+        self.shadow_rules = shadow_rules = [r for r in ("fa", "bp") if r != spec.rule] if spec.metrics else []
+        self.row_of = {spec.rule: DRIVE, **{r: DRIVE + 1 + i for i, r in enumerate(shadow_rules)}}
+        self.fprime_fn = ACTIVATIONS[spec.activation].fprime
         w_numel = [sizes[l] * sizes[l + 1] for l in range(d)]
         self.w_bounds = np.concatenate([[0], np.cumsum(w_numel)]).tolist()
         P_W = self.w_bounds[-1]
@@ -322,7 +328,7 @@ class _Buffers:
         self.fprime_all, self.fprime = layer_major()
         self.delta_all, self.delta = layer_major()
         self.shadow_delta = [layer_major()[1] for _ in shadow_rules]
-        self.unit_sq = torch.empty(N, device=device, dtype=dtype)
+        self.unit_norm = torch.empty(N, device=device, dtype=dtype)
         # (d, N) 0/1 matrix summing each layer's units: ||delta_l||^2 from per-unit sums of squares
         self.layer_of_unit = torch.zeros(d, N, device=device, dtype=dtype)
         for l in range(1, d + 1):
@@ -342,6 +348,52 @@ class _Buffers:
             (a, e, self.bank[:, self.w_bounds[a] : self.w_bounds[e]].view(R, e - a, w_numel[a]).transpose(0, 1))
             for a, e in self.gram_groups
         ]
+
+        # per-iteration records: 2*loss, per-layer Gram matrices, per-layer ||delta_l||^2
+        K = num_iterations
+        self.loss_x2 = torch.full((K,), float("nan"), device=device, dtype=dtype)
+        self.gram = torch.full((K, d, R, R), float("nan"), device=device, dtype=dtype) if spec.metrics else None
+        self.delta_sq = torch.full((K, d), float("nan"), device=device, dtype=dtype) if spec.metrics else None
+
+    def compute(self, k: int, X: Tensor, Y: Tensor) -> tuple[list, list, Tensor, list, list, list]:
+        """Step ``k`` up to its updates, on the state before it: returns ``Z, L, E, delta, dW, db``.
+
+        Records the loss and, with metrics on, the other rules' updates (the shadow), the
+        Gram matrices and the delta norms. Nothing is applied (``apply``).
+        """
+        net, d, spec = self.net, self.d, self.spec
+        # forward, error, loss, f' of all layers in one call (SPEC 1)
+        Z, L = forward(net, X, self.Z, self.L)
+        E = output_error(Y, L[d], out=self.E)
+        e = self.E_all.view(-1)
+        torch.dot(e, e, out=self.loss_x2[k])
+        self.fprime_fn(self.Z_all, self.L_all, self.fprime_all)
+        fprime = self.fprime
+
+        # the driving rule's deltas and updates
+        delta = backward_deltas(net, Z, L, E, spec.rule, fprime=fprime, out=self.delta)
+        dW = dW_updates(L, delta, out=self.dW)
+        if spec.bias:  # db_l = 1^T delta_l for every layer at once: row sums of the delta buffer
+            torch.sum(self.delta_all, 1, out=self.db_all)
+
+        if spec.metrics:
+            for rule, shadow_delta, shadow_dW in zip(self.shadow_rules, self.shadow_delta, self.shadow_dW):
+                backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta, delta_d=delta[d])
+                # layers 0..d-2; the output layer's dW = L_{d-1}^T delta_d is the same under every rule
+                dW_updates(L[:d], shadow_delta[:d], out=shadow_dW)
+                shadow_dW[d - 1].copy_(dW[d - 1])
+            gram_k = self.gram[k]
+            for first, end, rows in self.gram_groups:
+                torch.bmm(rows, rows.transpose(1, 2), out=gram_k[first:end])
+            torch.linalg.vector_norm(self.delta_all, dim=1, out=self.unit_norm)
+            torch.mv(self.layer_of_unit, self.unit_norm.square_(), out=self.delta_sq[k])
+        return Z, L, E, delta, dW, self.db  # db: views of db_all, zeros that stay zero with bias off
+
+    def apply(self) -> None:
+        """The step ``W += eta dW``, ``b += eta db`` as one flat update (SPEC 1), then WN (SPEC 3)."""
+        self.theta.add_(self.dtheta, alpha=self.spec.eta)
+        if self.spec.wn:
+            normalize_columns_(self.net.W, self.spec.gamma)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,24 +433,17 @@ def train_run(
         normalize_columns_(net0.W, spec.gamma)
     if spec.ibn:
         unit_columns_(net0.B)
-    shadow_rules = [r for r in ("fa", "bp") if r != spec.rule] if spec.metrics else []
-    buf = _Buffers(net0, shadow_rules, spec.batch_size, device, dtype)
-    net, d = buf.net, buf.d
+    n_batches = X_train.shape[0] // spec.batch_size
+    K = spec.epochs * n_batches
+    engine = _Engine(spec, net0, K, device, dtype)
+    net = engine.net
     init_weights = _weights_dict(net, "init")
 
     X_train, y_train = X_train.to(device, dtype), y_train.to(device)
     X_test, y_test = X_test.to(device, dtype), y_test.to(device)
-    n_batches = X_train.shape[0] // spec.batch_size
-    K = spec.epochs * n_batches
     s = spec.snapshot_every
     snap_iters = list(range(0, K, s)) + [K] if s > 0 else []
-    snapshots = torch.empty(len(snap_iters), buf.bank.shape[1], device=device, dtype=torch.float32)
-    loss_raw = torch.full((K,), float("nan"), device=device, dtype=dtype)
-    R = buf.bank.shape[0]
-    gram = torch.full((K, d, R, R), float("nan"), device=device, dtype=dtype) if spec.metrics else None
-    delta_sq = torch.full((K, d), float("nan"), device=device, dtype=dtype) if spec.metrics else None
-    row_of = {spec.rule: DRIVE, **{r: DRIVE + 1 + i for i, r in enumerate(shadow_rules)}}
-    fprime_fn = ACTIVATIONS[spec.activation].fprime
+    snapshots = torch.empty(len(snap_iters), engine.theta.shape[0], device=device, dtype=torch.float32)
     for observer in observers:
         observer.start(net, spec, K, device)
 
@@ -428,7 +473,7 @@ def train_run(
             evaluate(epoch, phase - 1, codes)  # end of the old phase, old code map
             codes = _codes(spec, phase, device, dtype)
         evaluate(epoch, phase, codes)
-        _log_epoch(log, spec, epoch, loss_raw, n_batches, evaluations[-1], net, epoch_rate)
+        _log_epoch(log, spec, epoch, engine.loss_x2, n_batches, evaluations[-1], net, epoch_rate)
         t0 = time.perf_counter()
         order = data.batch_order(X_train.shape[0], spec.batch_size, epoch, spec.reshuffle, spec.seed + ORDER_SEED_OFFSET)
         if order_cpu is None or not torch.equal(order, order_cpu):
@@ -442,51 +487,22 @@ def train_run(
             Y_epoch, Y_codes = codes.T.index_select(1, labels_epoch).T, codes
         for i in range(n_batches):
             if s > 0 and k % s == 0:
-                snapshots[k // s].copy_(buf.theta)
+                snapshots[k // s].copy_(engine.theta)
             batch = slice(i * spec.batch_size, (i + 1) * spec.batch_size)
             X, Y, batch_labels = X_epoch[batch], Y_epoch[batch], labels_epoch[batch]
 
-            # forward, error, loss, f' for all layers at once (SPEC 1)
-            Z, L = forward(net, X, buf.Z, buf.L)
-            E = output_error(Y, L[d], out=buf.E)
-            e = buf.E_all.view(-1)
-            torch.dot(e, e, out=loss_raw[k])  # 2 * loss; halved at the end
-            fprime_fn(buf.Z_all, buf.L_all, buf.fprime_all)
-            fprime = buf.fprime
-
-            # the driving rule's deltas and updates
-            delta = backward_deltas(net, Z, L, E, spec.rule, fprime=fprime, out=buf.delta)
-            dW = dW_updates(L, delta, out=buf.dW)
-            if spec.bias:  # db_l = 1^T delta_l for every layer at once: row sums of the delta buffer
-                torch.sum(buf.delta_all, 1, out=buf.db_all)
-            db = buf.db  # views of db_all (zeros that stay zero with bias off)
-
-            if spec.metrics:
-                for rule, shadow_delta, shadow_dW in zip(shadow_rules, buf.shadow_delta, buf.shadow_dW):
-                    backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta, delta_d=delta[d])
-                    # layers 0..d-2; the output layer's dW = L_{d-1}^T delta_d is the same under every rule
-                    dW_updates(L[:d], shadow_delta[:d], out=shadow_dW)
-                    shadow_dW[d - 1].copy_(dW[d - 1])
-                gram_k = gram[k]
-                for first, end, rows in buf.gram_groups:
-                    torch.bmm(rows, rows.transpose(1, 2), out=gram_k[first:end])
-                torch.linalg.vector_norm(buf.delta_all, dim=1, out=buf.unit_sq)
-                torch.mv(buf.layer_of_unit, buf.unit_sq.square_(), out=delta_sq[k])
-
+            Z, L, E, delta, dW, db = engine.compute(k, X, Y)
             if observers:
                 state = StepState(
                     X=X, Y=Y, labels=batch_labels, batch_index=order_dev[batch], Z=Z, L=L,
-                    delta=delta, dW=dW, db=db, eta=spec.eta, fprime=fprime,
+                    delta=delta, dW=dW, db=db, eta=spec.eta, fprime=engine.fprime,
                 )
                 for observer in observers:
                     observer.step(k, net, state)
 
-            # the step (SPEC 1) and WN after it (SPEC 3)
-            buf.theta.add_(buf.dtheta, alpha=spec.eta)
-            if spec.wn:
-                normalize_columns_(net.W, spec.gamma)
+            engine.apply()
             k += 1
-        divergence = _find_divergence(loss_raw, gram, buf.theta, k - n_batches, k)  # waits for the device
+        divergence = _find_divergence(engine, k - n_batches, k)  # waits for the device
         elapsed = time.perf_counter() - t0
         t_train += elapsed
         epoch_rate = n_batches / elapsed if elapsed > 0 else float("inf")
@@ -495,9 +511,9 @@ def train_run(
             break
     if divergence is None:
         evaluate(spec.epochs, phase_of_epoch[-1], codes)
-        _log_epoch(log, spec, spec.epochs, loss_raw, n_batches, evaluations[-1], net, epoch_rate)
+        _log_epoch(log, spec, spec.epochs, engine.loss_x2, n_batches, evaluations[-1], net, epoch_rate)
         if s > 0:
-            snapshots[-1].copy_(buf.theta)
+            snapshots[-1].copy_(engine.theta)
         rows_done, snaps_done = K, len(snap_iters)
     else:
         rows_done = min(divergence["iteration"] + 1, k)
@@ -505,7 +521,7 @@ def train_run(
 
     # --- artifacts
     t0 = time.perf_counter()
-    metrics = _metrics_frame(spec, loss_raw[:rows_done], gram, delta_sq, rows_done, n_batches, row_of)
+    metrics = _metrics_frame(engine, rows_done, n_batches)
     observer_frames = {}
     for observer in observers:
         observer_frames.update(observer.finish())
@@ -615,33 +631,33 @@ def _evaluate(net: Network, X: Tensor, y: Tensor, codes: Tensor, chunk: int = 10
     return correct.item() / n, total.item() / n
 
 
-def _find_divergence(loss_raw: Tensor, gram: Tensor | None, theta: Tensor, k0: int, k1: int) -> dict | None:
+def _find_divergence(engine: _Engine, k0: int, k1: int) -> dict | None:
     """The first iteration in ``[k0, k1)`` with a non-finite loss or weight, or the state at ``k1``."""
-    bad = ~torch.isfinite(loss_raw[k0:k1])
-    if gram is not None:
-        bad |= ~torch.isfinite(gram[k0:k1, :, THETA, THETA]).all(dim=1)
+    bad = ~torch.isfinite(engine.loss_x2[k0:k1])
+    if engine.gram is not None:
+        bad |= ~torch.isfinite(engine.gram[k0:k1, :, THETA, THETA]).all(dim=1)
     if bad.any():
-        first = int(torch.nonzero(bad)[0])
-        reason = "non-finite loss" if not torch.isfinite(loss_raw[k0 + first]) else "non-finite weights"
-        return {"iteration": k0 + first, "reason": reason}
-    if not bool(torch.isfinite(theta).all()):
+        k = k0 + int(torch.nonzero(bad)[0])
+        reason = "non-finite loss" if not torch.isfinite(engine.loss_x2[k]) else "non-finite weights"
+        return {"iteration": k, "reason": reason}
+    if not bool(torch.isfinite(engine.theta).all()):
         return {"iteration": k1, "reason": "non-finite weights"}
     return None
 
 
-def _metrics_frame(spec: RunSpec, loss_raw, gram, delta_sq, rows: int, n_batches: int, row_of: dict) -> pd.DataFrame:
+def _metrics_frame(engine: _Engine, rows: int, n_batches: int) -> pd.DataFrame:
     """The per-iteration table of docs/design.md from the recorded Frobenius products."""
     iteration = np.arange(rows)
     columns: dict[str, Any] = {
         "iteration": iteration,
         "epoch": iteration // n_batches,
-        "loss": (0.5 * loss_raw.to(torch.float64)).cpu().numpy(),
+        "loss": (0.5 * engine.loss_x2[:rows].to(torch.float64)).cpu().numpy(),
     }
-    if gram is None:
+    if engine.gram is None:
         return pd.DataFrame(columns)
-    G = gram[:rows].to(torch.float64).cpu()
+    G = engine.gram[:rows].to(torch.float64).cpu()
     d = G.shape[1]
-    fa, bp = row_of["fa"], row_of["bp"]
+    fa, bp = engine.row_of["fa"], engine.row_of["bp"]
 
     def g(l: int | slice, i: int, j: int) -> Tensor:
         return G[:, l, i, j]
@@ -665,8 +681,8 @@ def _metrics_frame(spec: RunSpec, loss_raw, gram, delta_sq, rows: int, n_batches
     for l in range(d):
         columns[f"norm_W_rel_{l}"] = (norm_W[:, l] / norm_W[0, l]).numpy()
     for l in range(d):
-        columns[f"ratio_dW_W_{l}"] = (spec.eta * norm_dW[:, l] / norm_W[:, l]).numpy()
-    norm_delta = torch.sqrt(delta_sq[:rows].to(torch.float64).cpu())
+        columns[f"ratio_dW_W_{l}"] = (engine.spec.eta * norm_dW[:, l] / norm_W[:, l]).numpy()
+    norm_delta = torch.sqrt(engine.delta_sq[:rows].to(torch.float64).cpu())
     for l in range(1, d + 1):
         columns[f"norm_delta_{l}"] = norm_delta[:, l - 1].numpy()
     return pd.DataFrame(columns)
@@ -682,8 +698,8 @@ def _weights_dict(net: Network, when: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _log_epoch(log, spec: RunSpec, epoch: int, loss_raw: Tensor, n_batches: int, evaluation: dict, net: Network, rate: float) -> None:
-    train_loss = 0.5 * loss_raw[(epoch - 1) * n_batches : epoch * n_batches].mean().item() if epoch else math.nan
+def _log_epoch(log, spec: RunSpec, epoch: int, loss_x2: Tensor, n_batches: int, evaluation: dict, net: Network, rate: float) -> None:
+    train_loss = 0.5 * loss_x2[(epoch - 1) * n_batches : epoch * n_batches].mean().item() if epoch else math.nan
     angles = " ".join(f"{angle_deg(net.W[l], net.B[l].T).item():.1f}" for l in range(1, net.d))
     log(
         f"[{spec.name}] epoch {epoch}/{spec.epochs} train_loss {train_loss:.2f} "
