@@ -143,6 +143,7 @@ def save_figure(fig, out_stem: PathLike, formats: Sequence[str]) -> list[Path]:
         os.close(fd)
         try:
             fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are shared
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
