@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import fa_analysis
+from fa_analysis.artifacts import atomic_write_npz, code_version
 
 N_CLASSES = 10
 IMAGE_SIDE = 28
@@ -362,7 +361,7 @@ def prepare_dataset(
         "source_md5": {name: _md5(raw / name) for name in _IDX_FILES[True] + _IDX_FILES[False]},
         "versions": _versions(),
     }
-    return _atomic_savez(out_path, metadata=np.array(json.dumps(metadata)), **arrays)
+    return atomic_write_npz(out_path, metadata=np.array(json.dumps(metadata)), **arrays)
 
 
 def prepare_label_noise(
@@ -384,7 +383,7 @@ def prepare_label_noise(
         "train_subset": data.metadata["train_subset"],
         "versions": _versions(),
     }
-    return _atomic_savez(
+    return atomic_write_npz(
         out_path, y_train_noisy=noisy.numpy(), metadata=np.array(json.dumps(metadata))
     )
 
@@ -436,27 +435,11 @@ def _load_artifact(
     return {key: contents[key] for key in keys}, metadata
 
 
-def _atomic_savez(out_path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """Write an ``.npz`` to a temporary sibling and move it into place (no partial file on a crash)."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; artifacts are shared
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return out_path
-
-
 def _versions() -> dict[str, str]:
     import torchvision
 
     return {
-        "fa_analysis": fa_analysis.__version__,
+        "fa_analysis": code_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
