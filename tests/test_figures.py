@@ -148,6 +148,22 @@ def test_open_loop_figures_write_png_and_pdf(tmp_path):
     _assert_files(figures.plot_open_loop_beta(sweeps, tmp_path / "open_loop_beta"))
 
 
+def test_angle_figure_draws_the_aggregated_mean_and_sd(aggregated, tmp_path, monkeypatch):
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
+    figures.plot_angle_W_Bt({"fa": aggregated["main"]["fa"]}, tmp_path / "angle")
+    ax = captured["fig"].axes[1]  # the panel of W_2
+    table = pd.read_parquet(aggregated["main"]["fa"] / "metrics.parquet")
+    curve = table[table.measure == "angle_W_Bt_2"].sort_values("iteration")
+    line = next(l for l in ax.get_lines() if l.get_label() == "FA")
+    np.testing.assert_allclose(line.get_xdata(), curve["iteration"])
+    np.testing.assert_allclose(line.get_ydata(), curve["mean"])
+    vertices = ax.collections[0].get_paths()[0].vertices
+    assert vertices[:, 1].max() == pytest.approx((curve["mean"] + curve["sd"]).max())
+    assert vertices[:, 1].min() == pytest.approx((curve["mean"] - curve["sd"]).min())
+    plt.close(captured["fig"])
+
+
 def test_unknown_condition_colour_is_an_error(aggregated, tmp_path):
     with pytest.raises(KeyError, match="PALETTE"):
         figures.plot_angle_W_Bt({"mystery": aggregated["main"]["fa"]}, tmp_path / "x")
