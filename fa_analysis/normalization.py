@@ -17,13 +17,14 @@ from torch import Tensor
 def normalize_columns_(W: Tensor | Sequence[Tensor], gamma: float) -> None:
     """WN in place (SPEC 3): ``W_l[:, j] <- gamma W_l[:, j] / ||W_l[:, j]||`` for every column j.
 
-    ``W`` is one matrix or a list of them (every layer). A zero column has no direction and
-    becomes NaN, which the training loop reports as divergence.
+    ``W`` is one matrix, a stack of matrices ``(..., n_l, n_{l+1})`` (layers of one shape), or a
+    list of either. A zero column has no direction and becomes NaN, which the training loop
+    reports as divergence.
     """
     if not gamma > 0:
         raise ValueError(f"gamma (the WN column norm) must be positive, got {gamma}")
     for W_l in [W] if isinstance(W, Tensor) else W:
-        W_l.mul_(torch.linalg.vector_norm(W_l, dim=0).reciprocal_().mul_(gamma))
+        W_l.mul_(torch.linalg.vector_norm(W_l, dim=-2, keepdim=True).reciprocal_().mul_(gamma))
 
 
 def unit_columns_(B: Tensor | Sequence[Tensor | None]) -> None:

@@ -260,46 +260,65 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Buffers: W, b and updates as views into one flat tensor; activations stored layer-major
+# The engine: one step on preallocated memory
 # --------------------------------------------------------------------------------------------
 
 THETA, BT, DRIVE = 0, 1, 2  # rows of the bank; rows 3 (and 4 for DFA) hold the shadow updates
+PAIR = ("bp", "fa")  # rules whose hidden deltas share one batched product per layer (bank rows THETA, BT)
 
 
-class _Engine:
+def _runs(keys: Sequence, start: int, end: int) -> list[tuple[int, int]]:
+    """``[(a, e), ...]``: the maximal runs of equal consecutive ``keys[a:e]`` within ``[start, end)``."""
+    runs: list[list[int]] = []
+    for l in range(start, end):
+        if runs and keys[runs[-1][0]] == keys[l]:
+            runs[-1][1] = l + 1
+        else:
+            runs.append([l, l + 1])
+    return [(a, e) for a, e in runs]
+
+
+class Engine:
     """One training step on preallocated memory, and the per-iteration records (SPEC 1, 3, 5).
 
-    ``bank`` is ``(R, P)``: row ``THETA`` = ``[W_0 .. W_{d-1} | b_1 .. b_d]`` flattened (the live
-    network is views into it), row ``BT`` = ``[B_1^T .. ]`` in the layout of W (zeros for
-    layer 0 and the biases), row ``DRIVE`` = the driving rule's ``[dW | db]``, the rows after it
-    the other rules' ``dW``. ``Z``, ``L``, ``f'`` and the deltas of all layers live in
-    ``(n_1 + .. + n_d, n_b)`` buffers, layer ``l`` in rows ``rows[l]``; the loop sees each
-    layer as the ``(n_b, n_l)`` view ``buffer[rows[l]].T``, so every elementwise operation runs
-    on contiguous memory and ``f'`` of all layers is one call.
+    ``compute(k, X, Y)`` runs step ``k`` up to its updates, ``apply()`` makes the step. Memory:
+
+    - ``bank`` is ``(R, P)``: row ``THETA`` = ``[W_0 .. W_{d-1} | b_1 .. b_d]`` flattened (the
+      live network is views into it), row ``BT`` = ``[B_1^T .. ]`` in the layout of W (zeros for
+      layer 0 and the biases), row ``DRIVE`` = the driving rule's ``[dW | db]``, the rows after
+      it the other rules' ``dW``. The step is one ``theta += eta dtheta``.
+    - ``Z``, ``L``, ``f'`` and ``E`` are stored layer-major, ``(n_1 + .. + n_d, n_b)``, layer ``l``
+      in rows ``rows[l]``; the loop sees the ``(n_b, n_l)`` view ``buffer[rows[l]].T``. Every
+      elementwise operation runs on contiguous memory and ``f'`` of all layers is one call.
+    - The deltas of BP and FA (those of the two computed) are one ``(2, n_1 + .. + n_d, n_b)``
+      buffer, BP first: in the transposed form ``delta_l^T = M_l^T delta_{l+1}^T`` the matrices
+      ``M_l^T`` are ``W_l`` (BP) and ``B_l^T`` (FA), the bank rows THETA and BT, so both rules'
+      hidden deltas are one batched product per layer and one multiplication by ``f'(Z_l)``.
+    - ``dW_l = L_l^T delta_{l+1}`` of consecutive layers of one shape is one batched product per
+      rule, written straight into the bank.
     """
 
     def __init__(self, spec: RunSpec, net: Network, num_iterations: int, device, dtype):
         sizes, d = net.sizes, net.d
         self.spec, self.d = spec, d
-        batch_size = spec.batch_size
+        nb = spec.batch_size
         # the other rules, computed on the same batch and state for the metrics: BP for an FA
         # run, FA for a BP run, both for a DFA run
         self.shadow_rules = shadow_rules = [r for r in ("fa", "bp") if r != spec.rule] if spec.metrics else []
         self.row_of = {spec.rule: DRIVE, **{r: DRIVE + 1 + i for i, r in enumerate(shadow_rules)}}
+        self.f = ACTIVATIONS[spec.activation].f
         self.fprime_fn = ACTIVATIONS[spec.activation].fprime
-        w_numel = [sizes[l] * sizes[l + 1] for l in range(d)]
-        self.w_bounds = np.concatenate([[0], np.cumsum(w_numel)]).tolist()
-        P_W = self.w_bounds[-1]
-        N = sum(sizes[1:])
-        self.bank = torch.zeros(DRIVE + 1 + len(shadow_rules), P_W + N, device=device, dtype=dtype)
+        shapes = [(sizes[l], sizes[l + 1]) for l in range(d)]
+        w_numel = [n * m for n, m in shapes]
+        self.w_bounds = w_bounds = np.concatenate([[0], np.cumsum(w_numel)]).tolist()
+        P_W, N = w_bounds[-1], sum(sizes[1:])
+        R = DRIVE + 1 + len(shadow_rules)
+        self.bank = torch.zeros(R, P_W + N, device=device, dtype=dtype)
         unit_bounds = np.concatenate([[0], np.cumsum(sizes[1:])]).tolist()
-        self.rows = [None] + [slice(unit_bounds[l - 1], unit_bounds[l]) for l in range(1, d + 1)]
+        self.rows = rows = [None] + [slice(unit_bounds[l - 1], unit_bounds[l]) for l in range(1, d + 1)]
 
-        def w_views(row: int) -> list[Tensor]:
-            return [
-                self.bank[row, self.w_bounds[l] : self.w_bounds[l + 1]].view(sizes[l], sizes[l + 1])
-                for l in range(d)
-            ]
+        def w_views(row: int | slice) -> list[Tensor]:
+            return [self.bank[row, w_bounds[l] : w_bounds[l + 1]].unflatten(-1, (sizes[l], sizes[l + 1])) for l in range(d)]
 
         def b_views(row: int) -> list[Tensor]:
             return [self.bank[row, P_W + unit_bounds[l] : P_W + unit_bounds[l + 1]] for l in range(d)]
@@ -315,38 +334,68 @@ class _Engine:
         self.dtheta = self.bank[DRIVE]
         self.dW, self.db = w_views(DRIVE), b_views(DRIVE)
         self.db_all = self.bank[DRIVE, P_W:]  # [db_1 .. db_d]: unit-major like the deltas
-        self.shadow_dW = [w_views(DRIVE + 1 + i) for i in range(len(shadow_rules))]
 
-        def layer_major() -> tuple[Tensor, list[Tensor | None]]:
-            buffer = torch.empty(N, batch_size, device=device, dtype=dtype)
-            return buffer, [None] + [buffer[self.rows[l]].T for l in range(1, d + 1)]
+        def layer_major(*lead: int) -> Tensor:
+            return torch.empty(*lead, N, nb, device=device, dtype=dtype)
 
-        self.E_all = torch.empty(sizes[-1], batch_size, device=device, dtype=dtype)
+        def layer_views(buffer: Tensor) -> list[Tensor | None]:
+            return [None] + [buffer[rows[l]].T for l in range(1, d + 1)]
+
+        self.Z_all, self.L_all, self.fprime_all = layer_major(), layer_major(), layer_major()
+        self.Z, self.L, self.fprime = layer_views(self.Z_all), layer_views(self.L_all), layer_views(self.fprime_all)
+        self.E_all = torch.empty(sizes[-1], nb, device=device, dtype=dtype)
         self.E = self.E_all.T
-        self.Z_all, self.Z = layer_major()
-        self.L_all, self.L = layer_major()
-        self.fprime_all, self.fprime = layer_major()
-        self.delta_all, self.delta = layer_major()
-        self.shadow_delta = [layer_major()[1] for _ in shadow_rules]
+        self.e = self.E_all.view(-1)
+
+        # BP and FA deltas side by side (see the class docstring); DFA's on their own
+        self.pair = [r for r in PAIR if r in self.row_of]
+        first = THETA if self.pair[:1] == ["bp"] else BT
+        self.pair_deltas = layer_major(len(self.pair)) if self.pair else None
+        self.pair_Mt = w_views(slice(first, first + len(self.pair))) if self.pair else None
+        # delta_d = E * f'(Z_d) for every rule of the pair at once: E seen once per rule
+        self.E_pair = self.E_all.expand(len(self.pair), -1, -1)
+        self.delta_of = {r: layer_views(self.pair_deltas[i]) for i, r in enumerate(self.pair)}
+        self.delta_all_of = {r: self.pair_deltas[i] for i, r in enumerate(self.pair)}
+        if "dfa" in self.row_of:
+            self.delta_all_of["dfa"] = buffer = layer_major()
+            self.delta_of["dfa"] = layer_views(buffer)
+        self.delta_all, self.delta = self.delta_all_of[spec.rule], self.delta_of[spec.rule]
+
+        # dW_l = L_l^T delta_{l+1}: layer 0 from X; hidden layers l = 1.. in groups of one shape.
+        # A shadow rule skips the output layer: its dW_{d-1} = L_{d-1}^T delta_d is the same
+        # under every rule and is copied from the driving rule's.
+        self.dW_plan = []
+        for rule, row in self.row_of.items():
+            last = d if rule == spec.rule else d - 1
+            groups = _runs(shapes, 1, last)
+            delta_all = self.delta_all_of[rule]
+            batched = [
+                (
+                    self.L_all[rows[a].start : rows[e - 1].stop].view(e - a, sizes[a], nb),
+                    delta_all[rows[a + 1].start : rows[e].stop].view(e - a, sizes[a + 1], nb).transpose(1, 2),
+                    self.bank[row, w_bounds[a] : w_bounds[e]].view(e - a, sizes[a], sizes[a + 1]),
+                )
+                for a, e in groups
+            ]
+            self.dW_plan.append((self.delta_of[rule][1], w_views(row)[0], batched, w_views(row)[d - 1] if last < d else None))
+
         self.unit_norm = torch.empty(N, device=device, dtype=dtype)
         # (d, N) 0/1 matrix summing each layer's units: ||delta_l||^2 from per-unit sums of squares
         self.layer_of_unit = torch.zeros(d, N, device=device, dtype=dtype)
         for l in range(1, d + 1):
-            self.layer_of_unit[l - 1, self.rows[l]] = 1
+            self.layer_of_unit[l - 1, rows[l]] = 1
+
+        # WN works on the same groups of equal-shaped layers, (g, n_l, n_{l+1}) at a time
+        self.W_groups = [
+            self.theta[w_bounds[a] : w_bounds[e]].view(e - a, sizes[a], sizes[a + 1]) for a, e in _runs(shapes, 0, d)
+        ]
 
         # Layer l's rows W, B^T, dW, shadow dW flattened, (R, n_l n_{l+1}): their Gram matrix
         # holds every Frobenius product the metrics need. Consecutive layers of one size share
         # a batched product: gram_groups holds (first layer, last layer + 1, (g, R, n) view).
-        self.gram_groups = []
-        for l in range(d):
-            if self.gram_groups and w_numel[self.gram_groups[-1][0]] == w_numel[l]:
-                self.gram_groups[-1][1] = l + 1
-            else:
-                self.gram_groups.append([l, l + 1])
-        R = self.bank.shape[0]
         self.gram_groups = [
-            (a, e, self.bank[:, self.w_bounds[a] : self.w_bounds[e]].view(R, e - a, w_numel[a]).transpose(0, 1))
-            for a, e in self.gram_groups
+            (a, e, self.bank[:, w_bounds[a] : w_bounds[e]].view(R, e - a, w_numel[a]).transpose(0, 1))
+            for a, e in _runs(w_numel, 0, d)
         ]
 
         # per-iteration records: 2*loss, per-layer Gram matrices, per-layer ||delta_l||^2
@@ -358,47 +407,81 @@ class _Engine:
     def compute(self, k: int, X: Tensor, Y: Tensor) -> tuple[list, list, Tensor, list, list, list]:
         """Step ``k`` up to its updates, on the state before it: returns ``Z, L, E, delta, dW, db``.
 
-        Records the loss and, with metrics on, the other rules' updates (the shadow), the
-        Gram matrices and the delta norms. Nothing is applied (``apply``).
+        ``X`` is the batch ``(n_b, n_0)``, ``Y`` its targets ``(n_b, n_d)``, best as the transposed
+        view of a unit-major block (``epoch_targets``). Records the loss and, with metrics on, the
+        other rules' updates (the shadow), the Gram matrices and the delta norms. Nothing is
+        applied (``apply``). The returned lists are views into buffers reused at the next step.
         """
-        net, d, spec = self.net, self.d, self.spec
-        # forward, error, loss, f' of all layers in one call (SPEC 1)
-        Z, L = forward(net, X, self.Z, self.L)
-        E = output_error(Y, L[d], out=self.E)
-        e = self.E_all.view(-1)
-        torch.dot(e, e, out=self.loss_x2[k])
+        d, W, b, Z, L = self.d, self.W, self.b, self.Z, self.L
+        # forward (SPEC 1): Z_{l+1} = L_l W_l + 1 b_{l+1}, L_{l+1} = f(Z_{l+1}), L_0 = X
+        L[0] = X
+        for l in range(d):
+            torch.addmm(b[l], L[l], W[l], out=Z[l + 1])
+            self.f(Z[l + 1], L[l + 1])
+        # E = Y* - L_d, loss = 1/2 sum E^2, f'(Z_l) of all layers in one call
+        torch.sub(Y, L[d], out=self.E)
+        torch.dot(self.e, self.e, out=self.loss_x2[k])
         self.fprime_fn(self.Z_all, self.L_all, self.fprime_all)
-        fprime = self.fprime
 
-        # the driving rule's deltas and updates
-        delta = backward_deltas(net, Z, L, E, spec.rule, fprime=fprime, out=self.delta)
-        dW = dW_updates(L, delta, out=self.dW)
-        if spec.bias:  # db_l = 1^T delta_l for every layer at once: row sums of the delta buffer
+        # deltas: delta_d = E * f'(Z_d); delta_l^T = M_l^T delta_{l+1}^T * f'(Z_l)^T for BP and FA at once
+        rows, fprime_all = self.rows, self.fprime_all
+        if self.pair:
+            deltas = self.pair_deltas
+            torch.mul(self.E_pair, fprime_all[rows[d]], out=deltas[:, rows[d]])
+            for l in range(d - 1, 0, -1):
+                torch.bmm(self.pair_Mt[l], deltas[:, rows[l + 1]], out=deltas[:, rows[l]]).mul_(fprime_all[rows[l]])
+        if "dfa" in self.row_of:
+            backward_deltas(self.net, Z, L, self.E, "dfa", fprime=self.fprime, out=self.delta_of["dfa"])
+
+        # updates: dW_l = L_l^T delta_{l+1} of every computed rule, db_l = 1^T delta_l (driving rule)
+        Xt = X.T
+        for delta_1, dW_0, batched, dW_out in self.dW_plan:
+            torch.mm(Xt, delta_1, out=dW_0)
+            for L_group, delta_group, dW_group in batched:
+                torch.bmm(L_group, delta_group, out=dW_group)
+            if dW_out is not None:
+                dW_out.copy_(self.dW[d - 1])
+        if self.spec.bias:  # db_l = 1^T delta_l for every layer at once: row sums of the delta buffer
             torch.sum(self.delta_all, 1, out=self.db_all)
 
-        if spec.metrics:
-            for rule, shadow_delta, shadow_dW in zip(self.shadow_rules, self.shadow_delta, self.shadow_dW):
-                backward_deltas(net, Z, L, E, rule, fprime=fprime, out=shadow_delta, delta_d=delta[d])
-                # layers 0..d-2; the output layer's dW = L_{d-1}^T delta_d is the same under every rule
-                dW_updates(L[:d], shadow_delta[:d], out=shadow_dW)
-                shadow_dW[d - 1].copy_(dW[d - 1])
+        if self.spec.metrics:
             gram_k = self.gram[k]
-            for first, end, rows in self.gram_groups:
-                torch.bmm(rows, rows.transpose(1, 2), out=gram_k[first:end])
+            for first, end, bank_rows in self.gram_groups:
+                torch.bmm(bank_rows, bank_rows.transpose(1, 2), out=gram_k[first:end])
             torch.linalg.vector_norm(self.delta_all, dim=1, out=self.unit_norm)
             torch.mv(self.layer_of_unit, self.unit_norm.square_(), out=self.delta_sq[k])
-        return Z, L, E, delta, dW, self.db  # db: views of db_all, zeros that stay zero with bias off
+        return Z, L, self.E, self.delta, self.dW, self.db  # db: views of db_all, zeros that stay zero with bias off
 
     def apply(self) -> None:
         """The step ``W += eta dW``, ``b += eta db`` as one flat update (SPEC 1), then WN (SPEC 3)."""
         self.theta.add_(self.dtheta, alpha=self.spec.eta)
         if self.spec.wn:
-            normalize_columns_(self.net.W, self.spec.gamma)
+            normalize_columns_(self.W_groups, self.spec.gamma)
 
 
 # --------------------------------------------------------------------------------------------
 # The training run
 # --------------------------------------------------------------------------------------------
+
+
+def initial_network(spec: RunSpec, device, dtype) -> Network:
+    """The state at ``k = 0`` (SPEC 2-3): seeded ``W``, ``b``, ``B``, ``D``, then WN and IBN if asked."""
+    net = init_network(
+        spec.sizes, spec.init_std, bias=spec.bias, activation=spec.activation, seed=spec.seed,
+        device=device, dtype=dtype,
+    )
+    if spec.wn:
+        normalize_columns_(net.W, spec.gamma)
+    if spec.ibn:
+        unit_columns_(net.B)
+    return net
+
+
+def epoch_targets(codes: Tensor, labels: Tensor) -> Tensor:
+    """Targets ``Y*`` of the examples ``labels`` (in minibatch order), ``(n, n_d)``, stored unit-major
+    (the transposed view of an ``(n_d, n)`` tensor) like ``L_d``, so ``E = Y* - L_d`` runs on
+    matching layouts; a minibatch is a slice of rows."""
+    return codes.T.index_select(1, labels).T
 
 
 def train_run(
@@ -425,17 +508,10 @@ def train_run(
     torch.set_num_threads(spec.threads)
 
     # --- state at k = 0: seeded init, WN, IBN (SPEC 2-3)
-    net0 = init_network(
-        spec.sizes, spec.init_std, bias=spec.bias, activation=spec.activation, seed=spec.seed,
-        device=device, dtype=dtype,
-    )
-    if spec.wn:
-        normalize_columns_(net0.W, spec.gamma)
-    if spec.ibn:
-        unit_columns_(net0.B)
+    net0 = initial_network(spec, device, dtype)
     n_batches = X_train.shape[0] // spec.batch_size
     K = spec.epochs * n_batches
-    engine = _Engine(spec, net0, K, device, dtype)
+    engine = Engine(spec, net0, K, device, dtype)
     net = engine.net
     init_weights = _weights_dict(net, "init")
 
@@ -483,8 +559,7 @@ def train_run(
             labels_epoch = y_train.index_select(0, order_dev)
             Y_epoch = None
         if Y_epoch is None or Y_codes is not codes:
-            # targets Y* stored unit-major like L_d, so that E = Y* - L_d runs on matching layouts
-            Y_epoch, Y_codes = codes.T.index_select(1, labels_epoch).T, codes
+            Y_epoch, Y_codes = epoch_targets(codes, labels_epoch), codes
         for i in range(n_batches):
             if s > 0 and k % s == 0:
                 snapshots[k // s].copy_(engine.theta)
@@ -631,7 +706,7 @@ def _evaluate(net: Network, X: Tensor, y: Tensor, codes: Tensor, chunk: int = 10
     return correct.item() / n, total.item() / n
 
 
-def _find_divergence(engine: _Engine, k0: int, k1: int) -> dict | None:
+def _find_divergence(engine: Engine, k0: int, k1: int) -> dict | None:
     """The first iteration in ``[k0, k1)`` with a non-finite loss or weight, or the state at ``k1``."""
     bad = ~torch.isfinite(engine.loss_x2[k0:k1])
     if engine.gram is not None:
@@ -645,7 +720,7 @@ def _find_divergence(engine: _Engine, k0: int, k1: int) -> dict | None:
     return None
 
 
-def _metrics_frame(engine: _Engine, rows: int, n_batches: int) -> pd.DataFrame:
+def _metrics_frame(engine: Engine, rows: int, n_batches: int) -> pd.DataFrame:
     """The per-iteration table of docs/design.md from the recorded Frobenius products."""
     iteration = np.arange(rows)
     columns: dict[str, Any] = {

@@ -24,6 +24,7 @@ from fa_analysis.normalization import normalize_columns_, unit_columns_
 from fa_analysis.train import ORDER_SEED_OFFSET, RunSpec, StepState, train_run
 
 SMALL = dict(sizes=[16, 12, 9, 11, 50], batch_size=40, epochs=3, snapshot_every=2, threads=1)
+SQUARE = [16, 12, 12, 12, 50]  # equal hidden layers: the engine batches their products
 
 
 @pytest.fixture(autouse=True)
@@ -85,10 +86,21 @@ class Recorder:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule,wn,ibn", [("fa", False, False), ("bp", True, False), ("fa", True, True), ("dfa", False, False)])
-def test_loop_matches_a_plain_reference_implementation(synthetic, tmp_path, rule, wn, ibn):
+@pytest.mark.parametrize(
+    "rule,wn,ibn,sizes",
+    [
+        ("fa", False, False, SMALL["sizes"]),
+        ("bp", True, False, SMALL["sizes"]),
+        ("fa", True, True, SMALL["sizes"]),
+        ("dfa", False, False, SMALL["sizes"]),
+        ("fa", True, True, SQUARE),
+        ("bp", False, False, SQUARE),
+        ("dfa", True, False, SQUARE),
+    ],
+)
+def test_loop_matches_a_plain_reference_implementation(synthetic, tmp_path, rule, wn, ibn, sizes):
     """Same seed, batches and codes: the flat-buffer loop reproduces the textbook loop, step by step."""
-    spec = _spec(rule=rule, wn=wn, gamma=0.8 if wn else None, ibn=ibn, eta=2e-3, snapshot_every=1)
+    spec = _spec(rule=rule, wn=wn, gamma=0.8 if wn else None, ibn=ibn, eta=2e-3, snapshot_every=1, sizes=sizes)
     result = train_run(spec, synthetic, tmp_path / "run", log=_quiet)
     snapshots = np.load(result.files["snapshots"])
 
@@ -115,8 +127,10 @@ def test_loop_matches_a_plain_reference_implementation(synthetic, tmp_path, rule
     np.testing.assert_allclose(snapshots["theta"], torch.stack(thetas).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(synthetic, tmp_path):
-    spec = _spec(rule="fa", eta=2e-3)
+@pytest.mark.parametrize("rule,sizes", [("fa", SMALL["sizes"]), ("fa", SQUARE), ("bp", SQUARE), ("dfa", SQUARE)])
+def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(synthetic, tmp_path, rule, sizes):
+    """Whichever rule drives, the FA-vs-BP angle compares both rules' updates on the same batch and state."""
+    spec = _spec(rule=rule, eta=2e-3, sizes=sizes)
     recorder = Recorder()
     result = train_run(spec, synthetic, tmp_path / "run", observers=[recorder], log=_quiet)
     metrics = pd.read_parquet(result.files["metrics"])
@@ -134,17 +148,18 @@ def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(syntheti
         E = output_error(codes[step["labels"]], L[-1])
         torch.testing.assert_close(step["Y"], codes[step["labels"]])
         assert row["loss"] == pytest.approx(0.5 * (E**2).sum().item(), rel=1e-10)
-        delta_fa = backward_deltas(net, Z, L, E, "fa")
+        delta_drive = backward_deltas(net, Z, L, E, rule)
+        dW_fa, _ = weight_updates(net, L, backward_deltas(net, Z, L, E, "fa"))
         dW_bp, _ = weight_updates(net, L, backward_deltas(net, Z, L, E, "bp"))
         for l in range(d):
-            torch.testing.assert_close(step["dW"][l], weight_updates(net, L, delta_fa)[0][l])
-            assert row[f"angle_dWfa_dWbp_{l}"] == pytest.approx(angle_deg(step["dW"][l], dW_bp[l]).item(), abs=1e-5)
+            torch.testing.assert_close(step["dW"][l], weight_updates(net, L, delta_drive)[0][l])
+            assert row[f"angle_dWfa_dWbp_{l}"] == pytest.approx(angle_deg(dW_fa[l], dW_bp[l]).item(), abs=1e-5)
             assert row[f"angle_dW_W_{l}"] == pytest.approx(angle_deg(step["dW"][l], W[l]).item(), abs=1e-6)
             assert row[f"norm_W_{l}"] == pytest.approx(W[l].norm().item(), rel=1e-10)
             assert row[f"norm_W_rel_{l}"] == pytest.approx((W[l].norm() / W_first[l].norm()).item(), rel=1e-10)
             ratio = spec.eta * step["dW"][l].norm() / W[l].norm()
             assert row[f"ratio_dW_W_{l}"] == pytest.approx(ratio.item(), rel=1e-10)
-            assert row[f"norm_delta_{l + 1}"] == pytest.approx(delta_fa[l + 1].norm().item(), rel=1e-10)
+            assert row[f"norm_delta_{l + 1}"] == pytest.approx(delta_drive[l + 1].norm().item(), rel=1e-10)
         for l in range(1, d):
             assert row[f"angle_W_Bt_{l}"] == pytest.approx(angle_deg(W[l], B[l].T).item(), abs=1e-6)
             assert row[f"angle_dW_Bt_{l}"] == pytest.approx(angle_deg(step["dW"][l], B[l].T).item(), abs=1e-6)
