@@ -7,7 +7,8 @@
 #
 # The science lives in the package fa_analysis; every rule is a thin call into it. Each job's
 # params are only the config slice it uses (for a training job: its run spec), plus a hash of the
-# package code it runs, so an edit reruns exactly the jobs it affects (README, "Reruns").
+# package code it runs, so an edit reruns exactly the jobs it affects (README, "Configuration
+# and reruns after a config edit").
 
 from snakemake.utils import min_version
 

@@ -233,3 +233,24 @@ def test_editing_open_loop_changes_no_spec(default_config, default_specs):
     edited["open_loop"]["eta"] = 0.01
     edited["embedding"]["pca_grid"] = 9
     assert run_specs(validate(edited)) == default_specs
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_check_config_counts_the_runs(capsys):
+    from fa_analysis.cli import main
+
+    assert main(["check-config", str(fa_config.DEFAULT_CONFIG_PATH)]) == 0
+    out = capsys.readouterr().out
+    assert "247 training runs" in out and "terms: fa_fixed x30" in out
+
+
+def test_check_config_names_the_bad_key(tmp_path, capsys):
+    from fa_analysis.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {epochs: 0}\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "'training.epochs'" in capsys.readouterr().err

@@ -34,7 +34,7 @@ rule trajectory_pca:
         npz=results("embedding/trajectory_pca.npz"),
         meta=results("embedding/trajectory_pca.json"),
     params:
-        settings={key: config["embedding"][key] for key in ("pca_grid", "pca_margin", "landscape_train_subset")},
+        settings=config_slice(config["embedding"], ("pca_grid", "pca_margin", "landscape_train_subset")),
         code=CODE["embedding"],
     log:
         results("logs/trajectory_pca/trajectory_pca.log"),
@@ -60,7 +60,7 @@ rule trajectory_umap:
         table=results("embedding/trajectory_umap.parquet"),
         meta=results("embedding/trajectory_umap.json"),
     params:
-        settings=config["embedding"]["umap"],
+        settings=config_slice(config["embedding"]["umap"], ("n_neighbors", "min_dist", "seed", "max_points")),
         code=CODE["embedding"],
     log:
         results("logs/trajectory_umap/trajectory_umap.log"),

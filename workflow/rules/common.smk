@@ -27,6 +27,11 @@ def results(path):
     return f"{config['results']}/{path}"
 
 
+def config_slice(section, keys):
+    """The values of `keys` in config `section`, in that order (params are compared by their repr)."""
+    return {key: section[key] for key in keys}
+
+
 def one_of(names):
     """A wildcard constraint accepting exactly these names."""
     return "|".join(re.escape(str(name)) for name in sorted(names, key=str))

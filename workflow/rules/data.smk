@@ -8,7 +8,7 @@ rule prepare_data:
     output:
         results("data/mnist15.npz"),
     params:
-        data={key: config["data"][key] for key in ("image_size", "train_subset", "test_subset")},
+        data=config_slice(config["data"], ("image_size", "train_subset", "test_subset")),
         code=CODE["data"],
     log:
         results("logs/prepare_data/mnist15.log"),

@@ -2,11 +2,10 @@
 # Independent of MNIST and of every training job. A scenario's params leave out the beta sweep
 # and the list of scenarios, so editing those reruns only what they change.
 
-OPEN_LOOP_NETWORK = {
-    key: OPEN_LOOP[key]
-    for key in ("sizes", "batch_size", "eta", "iterations", "repetitions", "init_std", "seed")
-}
-BETA_SWEEP = {key: value for key, value in OPEN_LOOP["beta_sweep"].items() if key != "wn"}
+OPEN_LOOP_NETWORK = config_slice(
+    OPEN_LOOP, ("sizes", "batch_size", "eta", "iterations", "repetitions", "init_std", "seed")
+)
+BETA_SWEEP = config_slice(OPEN_LOOP["beta_sweep"], ("betas", "gamma", "input"))
 
 
 rule open_loop:

@@ -1,0 +1,301 @@
+"""The Snakemake workflow, for real, on the smoke configuration (tests/smoke/config.yaml).
+
+Every Snakemake call runs in its own temporary working directory with the repository's
+Snakefile, its config.yaml linked in (so that config edits merge exactly as in a real run) and the
+MNIST root from ``FA_MNIST_ROOT`` with ``download: false``. The end-to-end run happens once per
+session and the other tests read or dry-run against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fa_analysis import config as fa_config
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / "tests" / "smoke" / "config.yaml"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+FIGURES = (
+    "open_loop", "open_loop_beta", "angle_W_Bt", "accuracy_loss", "alignment_terms_lag",
+    "alignment_terms_time", "update_angle", "shadow_linearised", "shadow_random_b",
+    "trajectory_pca", "trajectory_umap", "label_noise", "label_change",
+)
+# One thread per process: the machine running the tests is small and shared.
+THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+slow = pytest.mark.slow
+
+
+def smoke_config() -> dict:
+    return fa_config.load_yaml(SMOKE_CONFIG)
+
+
+class Workflow:
+    """Snakemake on a snapshot of the workflow and the package, in working directories of its own.
+
+    The snapshot (Snakefile, config.yaml, workflow/, envs/, fa_analysis/, first on PYTHONPATH)
+    keeps edits made to the checkout during the session out of the runs and their code hashes.
+    """
+
+    def __init__(self, snapshot: Path, mnist_root: Path):
+        self.snapshot = snapshot
+        self.env = {**os.environ, **THREAD_ENV, "PYTHONPATH": os.pathsep.join(
+            [str(snapshot), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.mnist_root = mnist_root
+
+    def workdir(self, path: Path, overlay: dict | None = None) -> Path:
+        """A working directory with config.yaml linked in and the smoke config (+ ``overlay``) as smoke.yaml."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").symlink_to(self.snapshot / "config.yaml")
+        config = smoke_config()
+        for key, value in (overlay or {}).items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        (path / "smoke.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def command(self, workdir: Path, *args: str, configfile: str | None = "smoke.yaml") -> list[str]:
+        # targets first: --configfile and --config take every value that follows them
+        command = [str(SNAKEMAKE), *args, "--snakefile", str(self.snapshot / "Snakefile"),
+                   "--directory", str(workdir), "--cores", "2"]
+        if configfile:
+            command += ["--configfile", str(workdir / configfile)]
+        return command + ["--config", f"data={{root: {self.mnist_root}, download: false}}"]
+
+    def run(self, workdir: Path, *args: str, check: bool = True, timeout: float = 600,
+            configfile: str | None = "smoke.yaml") -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(workdir, *args, configfile=configfile),
+                                capture_output=True, text=True, timeout=timeout, env=self.env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-6000:]}")
+        return result
+
+    def planned(self, workdir: Path, configfile: str = "smoke.yaml") -> dict[str, list[str]]:
+        """``{rule: [output, ...]}`` of the jobs a run would execute now (``--detailed-summary``)."""
+        result = self.run(workdir, "--detailed-summary", configfile=configfile)
+        rows = csv.DictReader((line for line in result.stdout.splitlines() if "\t" in line), delimiter="\t")
+        jobs: dict[str, list[str]] = {}
+        for row in rows:
+            if row["plan"] != "no update":
+                jobs.setdefault(row["rule"], []).append(row["output_file"])
+        return jobs
+
+
+def training_runs(outputs: list[str]) -> set[tuple[str, str, int]]:
+    """``(experiment, condition, seed)`` of training outputs ``.../runs/{e}/{c}/seed{s}``."""
+    keys = set()
+    for path in outputs:
+        match = re.search(r"runs/([^/]+)/([^/]+)/seed(\d+)$", path)
+        keys.add((match.group(1), match.group(2), int(match.group(3))))
+    return keys
+
+
+@pytest.fixture(scope="session")
+def workflow(tmp_path_factory, mnist_root) -> Workflow:
+    snapshot = tmp_path_factory.mktemp("snapshot")
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, snapshot / name)
+    for name in ("workflow", "envs", "fa_analysis"):
+        shutil.copytree(REPO / name, snapshot / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return Workflow(snapshot, mnist_root)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, workflow):
+    """The whole smoke DAG, once: (working directory, results directory, wall seconds)."""
+    workdir = workflow.workdir(tmp_path_factory.mktemp("workflow") / "smoke")
+    started = time.perf_counter()
+    workflow.run(workdir, timeout=900)
+    seconds = time.perf_counter() - started
+    print(f"\nsmoke workflow: {seconds:.0f} s wall on {os.cpu_count()} CPUs")
+    return workdir, workdir / smoke_config()["results"], seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+@slow
+def test_smoke_run_draws_every_figure_and_the_summary(smoke_run):
+    _, results, _ = smoke_run
+    for name in FIGURES:
+        for fmt in ("png", "pdf"):
+            path = results / "figures" / f"{name}.{fmt}"
+            assert path.is_file() and path.stat().st_size > 1000, path
+    specs = fa_config.run_specs(fa_config.load_config(SMOKE_CONFIG))
+    layout = fa_config.experiment_conditions(specs)
+    with (results / "tables" / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["experiment"], row["condition"]) for row in rows} == {
+        (experiment, condition) for experiment, conditions in layout.items() for condition in conditions
+    }
+    assert all(row["n_seeds"] == str(len(layout[row["experiment"]][row["condition"]])) for row in rows)
+    assert "±" in (results / "tables" / "summary.md").read_text()
+
+
+@slow
+def test_smoke_run_leaves_a_complete_run_directory_per_spec(smoke_run):
+    _, results, _ = smoke_run
+    specs = fa_config.run_specs(fa_config.load_config(SMOKE_CONFIG))
+    found = {path.parent for path in (results / "runs").glob("*/*/seed*/run.json")}
+    assert found == {results / "runs" / e / c / f"seed{s}" for e, c, s in specs}
+    logs = list((results / "logs" / "train").glob("*/*/seed*.log"))
+    assert len(logs) == len(specs) and all("epoch" in log.read_text() for log in logs)
+    assert (results / "benchmarks" / "train" / "main" / "fa" / "seed0.tsv").is_file()
+
+
+@slow
+def test_rerun_has_nothing_to_do(smoke_run, workflow):
+    workdir, _, _ = smoke_run
+    result = workflow.run(workdir, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert workflow.planned(workdir) == {}
+
+
+@slow
+def test_report_collects_every_figure_and_the_table(smoke_run, workflow):
+    workdir, _, _ = smoke_run
+    workflow.run(workdir, "--report", str(workdir / "report.html"), timeout=300)
+    html = (workdir / "report.html").read_text()
+    for name in (*FIGURES, "summary"):
+        assert f"{name}.png" in html or f"{name}.csv" in html, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Reruns after a config edit (dry runs against the finished smoke run)
+
+
+@slow
+def test_editing_one_eta_reruns_exactly_that_conditions_jobs(smoke_run, workflow):
+    workdir, _, _ = smoke_run
+    edited = fa_config.load_yaml(SMOKE_CONFIG)
+    edited["conditions"] = {"fa_wn": {"eta": 4.0e-4}}  # merged into config.yaml's fa_wn
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
+
+    jobs = workflow.planned(workdir, configfile="edited.yaml")
+
+    # main and trajectory train fa_wn at its own eta; label_change overrides eta: untouched
+    assert training_runs(jobs["train"]) == {("main", "fa_wn", 0), ("main", "fa_wn", 1), ("trajectory", "fa_wn", 0)}
+    assert {str(Path(p).relative_to(Path(p).parents[2])) for p in jobs["aggregate"]} == {
+        "aggregated/main/fa_wn", "aggregated/trajectory/fa_wn"}
+    figures = {Path(p).stem for rule, outputs in jobs.items() if rule.startswith("figure_") for p in outputs}
+    assert figures == {"angle_W_Bt", "accuracy_loss", "update_angle", "trajectory_pca", "trajectory_umap"}
+    assert set(jobs) - {f"figure_{name}" for name in figures} == {
+        "train", "aggregate", "trajectory_pca", "trajectory_umap", "summary"}
+
+
+@slow
+def test_editing_an_open_loop_setting_reruns_no_training(smoke_run, workflow):
+    workdir, _, _ = smoke_run
+    edited = fa_config.load_yaml(SMOKE_CONFIG)
+    edited["open_loop"]["eta"] = 0.003
+    (workdir / "open_loop.yaml").write_text(yaml.safe_dump(edited))
+
+    jobs = workflow.planned(workdir, configfile="open_loop.yaml")
+
+    assert set(jobs) == {"open_loop", "open_loop_beta", "figure_open_loop", "figure_open_loop_beta"}
+    assert {Path(p).stem for p in jobs["open_loop"]} == {"auto", "cross", "both", "none"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures
+
+
+@slow
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [  # one error of the schema, one of the cross-field checks (tests/test_config.py has them all)
+        ({"conditions": {"fa": {"etaa": 1.0e-3}}}, "'conditions.fa.etaa'"),
+        ({"conditions": {"bp": {"gamma": 0.6}}}, "'conditions.bp.gamma'"),
+    ],
+    ids=["typo", "gamma-without-wn"],
+)
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, workflow, overlay, key):
+    workdir = workflow.workdir(tmp_path / "bad", overlay)
+    result = workflow.run(workdir, check=False, timeout=120)
+    assert result.returncode != 0
+    assert key in result.stderr
+    assert not (workdir / "results").exists()
+
+
+@slow
+def test_killed_training_job_leaves_nothing_complete(smoke_run, tmp_path, workflow):
+    """SIGKILL to Snakemake and its job mid-training: no output counts as done; the next run finishes."""
+    _, results, _ = smoke_run
+    # long enough (9,000 iterations) to be killed in the middle, short enough to run again
+    workdir = workflow.workdir(tmp_path / "killed", {"training": {"epochs": 300}})
+    data = workdir / "results" / "smoke" / "data"
+    shutil.copytree(results / "data", data)  # skip data preparation; the DAG takes it as done
+    target = "results/smoke/runs/main/fa/seed0"
+    log = workdir / "results" / "smoke" / "logs" / "train" / "main" / "fa" / "seed0.log"
+
+    process = subprocess.Popen(workflow.command(workdir, target), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True, env=workflow.env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and "epoch 1/" in log.read_text()):
+            assert process.poll() is None, "snakemake ended before the training job got going"
+            assert time.monotonic() < deadline, "the training job did not start"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone if snakemake failed early
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert "epoch 300/300" not in log.read_text(), "the job finished before it was killed"
+
+    assert not (workdir / target).exists()
+    workflow.run(workdir, "--unlock")  # Snakemake's own lock outlives a SIGKILL
+    assert ("main", "fa", 0) in training_runs(workflow.planned(workdir)["train"])
+    workflow.run(workdir, target, timeout=300)
+    assert (workdir / target / "run.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow as a whole
+
+
+@slow
+def test_lint_is_clean(tmp_path, workflow):
+    result = workflow.run(workflow.workdir(tmp_path / "lint"), "--lint")
+    assert "Congratulations" in result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@slow
+def test_full_config_plans_one_training_job_per_run(tmp_path, workflow):
+    workdir = workflow.workdir(tmp_path / "full")
+    result = workflow.run(workdir, "--dry-run", "--quiet", "rules", configfile=None, timeout=300)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
+    specs = fa_config.run_specs(fa_config.load_config(REPO / "config.yaml"))
+    assert int(counts["train"]) == len(specs) == 247
+    assert int(counts["aggregate"]) == sum(len(c) for c in fa_config.experiment_conditions(specs).values())
+    print(f"\nfull DAG: {counts['total']} jobs, {counts['train']} training jobs")
+
+
+@slow
+def test_profile_names_only_rules_of_the_workflow(tmp_path, workflow):
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    result = workflow.run(workflow.workdir(tmp_path / "rules"), "--list-rules")
+    rules = set(result.stdout.split())
+    assert set(profile["set-resources"]) | set(profile["set-threads"]) <= rules
+    assert profile["executor"] == "slurm"
+
+
+def test_conda_env_pins_exactly_the_constraints():
+    env = yaml.safe_load((REPO / "envs" / "fa.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    constraints = [line.strip() for line in (REPO / "constraints.txt").read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+    assert sorted(pip) == sorted(constraints)
+    assert "python=3.11" in env["dependencies"]
