@@ -37,6 +37,15 @@ NODE=$(hostname -s)
 DB_SOCKET=$STATE/run/mysqld.sock
 DB_PASS=fa-slurm-test   # a throwaway password: the database listens on 127.0.0.1 only
 
+# PID from a PID file if that process is alive and is the expected program, else empty.
+alive_pid() {
+    local pidfile=$1 comm=$2 pid
+    [[ -s $pidfile ]] || return 0
+    pid=$(tr -dc '0-9' <"$pidfile")
+    [[ -n $pid && -r /proc/$pid/comm && "$(cat "/proc/$pid/comm")" == "$comm" ]] && echo "$pid"
+    return 0
+}
+
 log() { printf '[slurm_up %5ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf 'slurm_up: error: %s\n' "$*" >&2; exit 1; }
 
@@ -74,16 +83,17 @@ fi
 # ---------------------------------------------------------------------------------------------
 mkdir -p "$STATE"/{run,log,ctld,slurmd} "$CONF_DIR"
 
-# write_conf <path> <content> <mode> <daemon pidfile>: write the file unless identical. Refuses
-# to replace a file this script did not write, or to change one under a running daemon.
+# write_conf <path> <content> <mode> <daemon> <daemon pidfile>: write the file unless identical.
+# Refuses to replace a file this script did not write, or to change one under a running daemon.
 write_conf() {
-    local path=$1 content=$2 mode=$3 pidfile=$4
+    local path=$1 content=$2 mode=$3 daemon=$4 pidfile=$5
     if [[ -e $path ]] && ! grep -qF "$MARKER" "$path"; then
         die "$path exists and was not written by this script; move it away or set SLURM_CONF to another path"
     fi
     if [[ ! -e $path ]] || [[ "$(cat "$path")" != "$content" ]]; then
-        if [[ -s $pidfile && -e /proc/$(tr -dc '0-9' <"$pidfile") ]]; then
-            die "$path would change while its daemon runs (pid file $pidfile); stop the cluster with $(dirname "$0")/slurm_down.sh and rerun"
+        if [[ -n $(alive_pid "$pidfile" "$daemon") ]]; then
+            die "$path would change while $daemon runs; stop the cluster with" \
+                "$(dirname "$0")/slurm_down.sh and rerun"
         fi
         printf '%s\n' "$content" >"$path"
         log "wrote $path"
@@ -134,20 +144,11 @@ MinJobAge=300
 $accounting
 JobCompType=jobcomp/none
 NodeName=$NODE NodeAddr=127.0.0.1 $hardware State=UNKNOWN
-PartitionName=main Nodes=$NODE Default=YES MaxTime=INFINITE State=UP" 644 "$STATE/run/slurmctld.pid"
+PartitionName=main Nodes=$NODE Default=YES MaxTime=INFINITE State=UP" 644 slurmctld "$STATE/run/slurmctld.pid"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Daemons
 # ---------------------------------------------------------------------------------------------
-# PID from a PID file if that process is alive and is the expected program, else empty.
-alive_pid() {
-    local pidfile=$1 comm=$2 pid
-    [[ -s $pidfile ]] || return 0
-    pid=$(tr -dc '0-9' <"$pidfile")
-    [[ -n $pid && -r /proc/$pid/comm && "$(cat "/proc/$pid/comm")" == "$comm" ]] && echo "$pid"
-    return 0
-}
-
 # wait_for <what> <command...>: retry the command once a second for $WAIT seconds.
 wait_for() {
     local what=$1; shift
@@ -223,7 +224,7 @@ StorageHost=127.0.0.1
 StoragePort=$DB_PORT
 StorageUser=slurm
 StoragePass=$DB_PASS
-StorageLoc=slurm_acct_db" 600 "$STATE/run/slurmdbd.pid"
+StorageLoc=slurm_acct_db" 600 slurmdbd "$STATE/run/slurmdbd.pid"
     start slurmdbd slurmdbd "$STATE/run/slurmdbd.pid" "$STATE/log/slurmdbd.log" slurmdbd
     wait_for "slurmdbd" sacctmgr -n list cluster || die "slurmdbd does not answer; see $STATE/log/slurmdbd.log"
     if [[ -z $(sacctmgr -n -P list cluster format=cluster where cluster="$CLUSTER") ]]; then
@@ -243,6 +244,7 @@ node_ready() { [[ $(sinfo -h -n "$NODE" -o %t) =~ ^(idle|mix|alloc)$ ]]; }
 if ! wait_for "node $NODE" node_ready; then
     # A node left down or drained by an earlier unclean stop: resume it once.
     scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true
-    wait_for "node $NODE" node_ready || die "node $NODE is not idle: $(sinfo -h -n "$NODE" -o '%t %E'); see $STATE/log/slurmd.log"
+    wait_for "node $NODE" node_ready \
+        || die "node $NODE is not idle: $(sinfo -h -n "$NODE" -o '%t %E'); see $STATE/log/slurmd.log"
 fi
 log "node $NODE is $(sinfo -h -n "$NODE" -o %t); cluster $CLUSTER is up"
