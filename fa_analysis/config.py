@@ -70,7 +70,11 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH, schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """Read, complete and check a config file: the dict every other function here takes."""
+    """Read, complete and check a config file: the dict every other function here takes.
+
+    The file is completed by the schema's defaults (which are config.yaml's values); unlike
+    ``snakemake --configfile``, it is not merged key by key into config.yaml first.
+    """
     return validate(load_yaml(path), schema_path)
 
 
