@@ -34,3 +34,8 @@ def mnist_subset(mnist_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist_subset") / "mnist15_5000_1000.npz"
     path = data.prepare_dataset(mnist_root, download=False, out_path=out, train_subset=5000, test_subset=1000)
     return data.load_prepared(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the cluster tests last: they install and stand up SLURM, which nothing else needs."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)

@@ -76,6 +76,7 @@ if ((${#missing[@]})); then
         || { ((own_policy)) && rm -f "$policy"; die "apt-get install ${missing[*]} failed"; }
     ((own_policy)) && rm -f "$policy"
     log "installed"
+    echo "installed ${missing[*]}"   # the test removes what it installed when it is done
 fi
 
 # ---------------------------------------------------------------------------------------------
