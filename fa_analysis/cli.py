@@ -69,12 +69,19 @@ def label_noise_job(prepared_path: str, level: int, seed: int, out_path: str) ->
 # Training
 
 
-def observers_of(spec: Mapping) -> list:
-    """The observers a run spec asks for (``spec["observers"]``), each reading its own settings."""
+def observers_of(spec: Mapping, true_labels=None) -> list:
+    """The observers a run spec asks for (``spec["observers"]``), each reading its own settings.
+
+    ``true_labels`` (the clean training labels) lets the alignment-term similarity group a
+    label-noise run's minibatches by their true classes as well as by the trained labels.
+    """
     from fa_analysis.alignment_terms import AlignmentTermsObserver
     from fa_analysis.shadow import ShadowObserver
 
-    known = {"alignment_terms": AlignmentTermsObserver, "shadow": ShadowObserver}
+    known = {
+        "alignment_terms": lambda: AlignmentTermsObserver(true_labels=true_labels),
+        "shadow": ShadowObserver,
+    }
     unknown = set(spec["observers"]) - set(known)
     if unknown:
         raise ValueError(f"run spec names unknown observers {sorted(unknown)}; known: {sorted(known)}")
@@ -91,7 +98,7 @@ def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str |
     run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
     dataset = data.load_prepared(dataset_path)
     labels = data.load_labels(labels_path)[0] if labels_path else None
-    train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec), log=log.info, labels=labels)
+    train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train), log=log.info, labels=labels)
 
 
 # --------------------------------------------------------------------------------------------

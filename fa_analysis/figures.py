@@ -276,7 +276,7 @@ def plot_open_loop_beta(sweep_tables: Mapping[bool, PathLike], out_stem: PathLik
         axes[panel].set(xlabel="iteration", title=f"Time course, {wn_labels[wn]}")
     _legend_below(fig, axes[1:], ncol=len(betas))
     _chance_line(axes[0])
-    axes[0].set(xlabel=r"$\beta$ (autocorrelation of $\delta_2$)", ylabel=r"$\angle(W_1, B_1^\top)$ (degrees)",
+    axes[0].set(xlabel=r"$\beta$ in $\delta_2[k] = \beta\,\delta_2[k-1] + (1-\beta)\,\xi[k]$", ylabel=r"$\angle(W_1, B_1^\top)$ (degrees)",
                 title=r"Final angle vs $\beta$")
     axes[0].legend(loc="lower left")
     fig.suptitle("Open loop with graded error autocorrelation (mean ± sd over repetitions)")

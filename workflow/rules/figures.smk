@@ -40,7 +40,10 @@ FIGURE_INPUTS = {
     },
     "label_change": aggregated("label_change"),
 }
-FIGURE_OPTIONS = {"update_angle": {"window": config["figures"]["moving_average"]}}
+FIGURE_OPTIONS = {
+    "update_angle": {"window": config["figures"]["moving_average"]},
+    "alignment_terms_time": {"window": config["figures"]["moving_average"]},
+}
 
 
 for figure_name, figure_inputs in FIGURE_INPUTS.items():
