@@ -1,222 +1,348 @@
-"""Milliseconds per training iteration of the engine (SPEC 5 default network, batch 1000).
+"""Speed and memory of the training engine, measured side by side with its baselines.
 
-Rows:
-- ``train_run, metrics on``  : FA step + BP shadow update + every per-iteration metric;
-- ``train_run, metrics off`` : FA step and the loss only;
-- ``matrix products alone``  : only the step's matrix products (forward, FA and BP deltas, FA's
-  dW and BP's hidden dW), preallocated -- the floor the loop is measured against;
-- ``naive torch``            : the same computation written plainly (fresh tensors, per-layer
-  metric calls, a ``.item()`` per number), the reference for "how much the design buys".
+Sections (``--sections``, benchmarks/README.md):
 
-``train_run`` is timed from inside, with an observer that reads the clock at every step, so
-evaluation and file writing are excluded. Each row is the median over timed blocks of
-``--block`` iterations (after ``--warmup`` iterations), pooled over ``--rounds`` rounds that
-alternate the four measurements. Usage::
+- ``step``: milliseconds per iteration of the SPEC 5 default step (225-50-50-50-50-50, batch
+  1000, FA step + BP shadow update + every metric, + WN for ``fa_wn``) for the engine, a naive
+  torch version, an autograd version with a custom FA function, and the step's matrix products
+  alone (the compute bound: its FLOP count over this machine's GEMM throughput at the same
+  shapes), at every ``--threads`` setting. Rounds interleave every variant and thread count so
+  that a drift in the machine's speed touches all alike; each row is the median of the per-
+  iteration times of its timed blocks (``--blocks`` x ``--block`` iterations after ``--warmup``),
+  pooled over rounds.
+- ``full``: wall time of a full 6,000-iteration ``train_run`` (100 epochs of 60 minibatches,
+  metrics on), with its evaluations and artifact writing.
+- ``scaling``: the engine and its products at hidden widths 50..400 and batch 100 / 1000.
+- ``memory`` (minutes; only with ``--memory``): peak RSS of one training job and of the whole
+  smoke workflow (``snakemake --configfile tests/smoke/config.yaml``), each in a subprocess.
 
-    python benchmarks/bench_engine.py --threads 2 [--device cuda] [--rounds 3 --blocks 15 --block 20]
+Prints one table and writes it to ``--out`` (default ``benchmarks/out/bench_engine.csv``)::
+
+    python benchmarks/bench_engine.py                        # step, full, scaling; 1 and 2 threads
+    python benchmarks/bench_engine.py --sections step --rounds 5
+    python benchmarks/bench_engine.py --memory               # adds the memory section
+    python benchmarks/bench_engine.py --device cuda --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from fa_analysis import data
-from fa_analysis.measures import angle_deg, angle_deg_concat
-from fa_analysis.network import init_network
-from fa_analysis.normalization import normalize_columns_
-from fa_analysis.train import RunSpec, train_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import Problem, make_autograd, make_engine, make_naive, make_products, step_flops  # noqa: E402
 
-SIZES = (225, 50, 50, 50, 50, 50)
-BATCH = 1000
+from fa_analysis import data, train  # noqa: E402
 
-
-class StepClock:
-    """Observer reading the clock at every step (the time between two calls is one iteration)."""
-
-    def __init__(self, device):
-        self.device, self.times, self.epochs = device, [], []
-
-    def start(self, net, spec, num_iterations, device):
-        self.per_epoch = num_iterations // spec.epochs
-
-    def step(self, k, net, state):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
-
-    def finish(self):
-        return {}
+REPO = Path(__file__).resolve().parents[1]
+CONDITIONS = {"fa": {}, "fa_wn": {"wn": True, "gamma": 1.0, "ibn": True}}  # SPEC 5 conditions
+VARIANTS = {"engine": make_engine, "naive torch": make_naive, "autograd FA": make_autograd}
+COLUMNS = ["section", "measurement", "condition", "threads", "value", "unit", "min", "max", "n",
+           "x_naive", "x_bound", "note"]
 
 
-def _blocks_from_steps(times: list[float], per_epoch: int, warmup: int, block: int) -> list[float]:
-    """Per-iteration ms of consecutive ``block``-iteration windows that stay inside one epoch."""
-    out = []
-    k = warmup
-    while k + block < len(times):
-        if k // per_epoch == (k + block) // per_epoch:  # no evaluation inside the window
-            out.append((times[k + block] - times[k]) / block * 1e3)
-            k += block
-        else:
-            k = (k // per_epoch + 1) * per_epoch
-    return out
+def timed_blocks(step, args, device: torch.device) -> list[float]:
+    """Milliseconds per iteration of ``args.blocks`` blocks of ``args.block`` steps, after warm-up."""
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-def synthetic_dataset() -> SimpleNamespace:
-    """60 minibatches of random inputs and labels (the speed does not depend on the values)."""
-    n_train = BATCH * 60
-    g = torch.Generator().manual_seed(0)
-    return SimpleNamespace(
-        X_train=torch.rand(n_train, SIZES[0], generator=g),
-        y_train=torch.randint(0, 10, (n_train,), generator=g),
-        X_test=torch.rand(1000, SIZES[0], generator=g),
-        y_test=torch.randint(0, 10, (1000,), generator=g),
-        metadata={},
-    )
-
-
-def bench_train_run(metrics: bool, device, dtype, args, dataset) -> list[float]:
-    iterations = args.warmup + args.blocks * args.block
-    epochs = -(-iterations // 60) + 1
-    spec = RunSpec(rule="fa", eta=5e-4, epochs=epochs, metrics=metrics, snapshot_every=3,
-                   threads=args.threads, device=str(device), dtype=args.dtype)
-    clock = StepClock(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        train_run(spec, dataset, Path(tmp) / "run", observers=[clock], log=lambda line: None)
-    return _blocks_from_steps(clock.times, clock.per_epoch, args.warmup, args.block)[: args.blocks]
-
-
-def _timed_blocks(step, device, args) -> list[float]:
     for _ in range(args.warmup):
         step()
     out = []
     for _ in range(args.blocks):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         for _ in range(args.block):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         out.append((time.perf_counter() - t0) / args.block * 1e3)
     return out
 
 
-def _setup(device, dtype):
-    net = init_network(SIZES, 0.1, seed=0, device=device, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
-    X = torch.rand(BATCH, SIZES[0], generator=g).to(device, dtype)
-    codes = data.phase_codes("five_hot", 0, 0).to(device, dtype)
-    labels = torch.randint(0, 10, (BATCH,), generator=g).to(device)
-    return net, X, codes[labels]
+def _row(section, measurement, condition="", threads="", value=None, unit="", blocks=None, note="", **extra):
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(section=section, measurement=measurement, condition=condition, threads=threads, unit=unit, note=note)
+    if blocks:
+        row.update(value=statistics.median(blocks), min=min(blocks), max=max(blocks), n=len(blocks))
+    elif value is not None:
+        row["value"] = value
+    row.update(extra)
+    return row
 
 
-def bench_matmuls(device, dtype, args) -> list[float]:
-    net, X, _ = _setup(device, dtype)
-    d = net.d
-    L = [X] + [torch.rand(BATCH, n, device=device, dtype=dtype) for n in SIZES[1:]]
-    Z = [None] + [torch.empty_like(x) for x in L[1:]]
-    deltas = [[None] + [torch.rand_like(x) for x in L[1:]] for _ in range(2)]
-    dW = [[torch.empty_like(w) for w in net.W] for _ in range(2)]
-
-    def step():
-        for l in range(d):
-            torch.addmm(net.b[l], L[l], net.W[l], out=Z[l + 1])
-        for rule, delta in enumerate(deltas):
-            for l in range(d - 1, 0, -1):
-                M = net.B[l] if rule == 0 else net.W[l].T
-                torch.mm(delta[l + 1], M, out=delta[l])
-            for l in range(d if rule == 0 else d - 1):  # the output layer's dW is shared
-                torch.mm(L[l].T, delta[l + 1], out=dW[rule][l])
-
-    return _timed_blocks(step, device, args)
+# --------------------------------------------------------------------------------------------
+# Section "step": the engine against its baselines
+# --------------------------------------------------------------------------------------------
 
 
-def bench_naive(device, dtype, args) -> list[float]:
-    """The FA step, BP shadow and metrics written plainly: what one would write first."""
-    net, X, Y = _setup(device, dtype)
-    d, eta = net.d, 5e-4
-    W0_norms = [w.norm().item() for w in net.W]
-    history = []
+def section_step(args, device) -> list[dict]:
+    problems = {}
+    for name, changes in CONDITIONS.items():
+        problems[name] = Problem(device=args.device, dtype=args.dtype, **changes)
+        problems[name].make_data()
+    pooled: dict[tuple, list[float]] = {}
+    for _ in range(args.rounds):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for condition, problem in problems.items():
+                for variant, make in VARIANTS.items():
+                    pooled.setdefault((variant, condition, threads), []).extend(timed_blocks(make(problem), args, device))
+            bound = make_products(problems["fa"])
+            pooled.setdefault(("matrix products (bound)", "", threads), []).extend(timed_blocks(bound, args, device))
+    flops = step_flops(Problem().sizes, Problem().batch_size)
+    rows = []
+    for threads in args.threads:
+        bound = statistics.median(pooled[("matrix products (bound)", "", threads)])
+        rows.append(_row("step", "matrix products (bound)", "", threads, unit="ms/it",
+                         blocks=pooled[("matrix products (bound)", "", threads)], x_bound=1.0,
+                         note=f"{flops / 1e6:.1f} MFLOP/it, {flops / bound / 1e6:.1f} GFLOP/s"))
+        for condition in problems:
+            naive = statistics.median(pooled[("naive torch", condition, threads)])
+            for variant in VARIANTS:
+                blocks = pooled[(variant, condition, threads)]
+                m = statistics.median(blocks)
+                rows.append(_row("step", variant, condition, threads, unit="ms/it", blocks=blocks,
+                                 x_naive=m / naive, x_bound=m / bound))
+    return rows
 
-    def step():
-        Zs, Ls = [None], [X]
-        for l in range(d):
-            Zs.append(Ls[l] @ net.W[l] + net.b[l])
-            Ls.append(torch.tanh(torch.relu(Zs[-1])))
-        fp = [None] + [(z > 0).to(z.dtype) / torch.cosh(z) ** 2 for z in Zs[1:]]
-        E = Y - Ls[d]
-        row = {"loss": 0.5 * (E**2).sum().item()}
-        updates = {}
-        for rule in ("fa", "bp"):
-            delta = [None] * (d + 1)
-            delta[d] = E * fp[d]
-            for l in range(d - 1, 0, -1):
-                M = net.B[l] if rule == "fa" else net.W[l].T
-                delta[l] = (delta[l + 1] @ M) * fp[l]
-            updates[rule] = ([Ls[l].T @ delta[l + 1] for l in range(d)], [delta[l].sum(0) for l in range(1, d + 1)], delta)
-        dW, db, delta = updates["fa"]
-        row["angle_W_Bt_all"] = angle_deg_concat(net.W[1:], [net.B[l].T for l in range(1, d)]).item()
-        for l in range(d):
-            if l >= 1:
-                row[f"angle_W_Bt_{l}"] = angle_deg(net.W[l], net.B[l].T).item()
-                row[f"angle_dW_Bt_{l}"] = angle_deg(dW[l], net.B[l].T).item()
-            row[f"angle_dWfa_dWbp_{l}"] = angle_deg(dW[l], updates["bp"][0][l]).item()
-            row[f"angle_dW_W_{l}"] = angle_deg(dW[l], net.W[l]).item()
-            norm_W = net.W[l].norm().item()
-            row[f"norm_W_{l}"] = norm_W
-            row[f"norm_W_rel_{l}"] = norm_W / W0_norms[l]
-            row[f"ratio_dW_W_{l}"] = eta * dW[l].norm().item() / norm_W
-            row[f"norm_delta_{l + 1}"] = delta[l + 1].norm().item()
-        history.append(row)
-        for l in range(d):
-            net.W[l] += eta * dW[l]
-            net.b[l] += eta * db[l]
 
-    return _timed_blocks(step, device, args)
+# --------------------------------------------------------------------------------------------
+# Section "full": one whole training run
+# --------------------------------------------------------------------------------------------
+
+
+def _dataset(args):
+    """The prepared real MNIST (from FA_MNIST_ROOT or ../shared/data) or, without it, random data."""
+    root = Path(os.environ.get("FA_MNIST_ROOT", REPO.parent / "shared" / "data"))
+    if (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        path = Path(args.workdir) / "mnist15.npz"
+        if not path.exists():
+            data.prepare_dataset(root, False, path)
+        return data.load_prepared(path), "real MNIST"
+    g = torch.Generator().manual_seed(0)
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        X_train=torch.rand(60_000, 225, generator=g), y_train=torch.randint(0, 10, (60_000,), generator=g),
+        X_test=torch.rand(10_000, 225, generator=g), y_test=torch.randint(0, 10, (10_000,), generator=g), metadata={},
+    ), "random data (no MNIST found)"
+
+
+def section_full(args, device) -> list[dict]:
+    dataset, what = _dataset(args)
+    rows = []
+    for threads in args.threads:
+        spec = train.RunSpec(rule="fa", eta=5e-4, epochs=args.full_epochs, snapshot_every=0, metrics=True,
+                             threads=threads, device=args.device, dtype=args.dtype)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            result = train.train_run(spec, dataset, Path(tmp) / "run", log=lambda line: None)
+            timings = json.loads((result.run_dir / "run.json").read_text())["timings"]
+        wall = time.perf_counter() - t0
+        K = args.full_epochs * 60
+        rows.append(_row("full", f"train_run, {K} iterations", "fa", threads, value=wall, unit="s",
+                         note=f"{what}; training {timings['train_s']:.1f} s = {timings['train_s'] / K * 1e3:.2f} ms/it, "
+                              f"evaluation {timings['evaluation_s']:.1f} s, writing {timings['write_s']:.1f} s, "
+                              f"final accuracy {result.final_test_accuracy}"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Section "scaling": width and batch size
+# --------------------------------------------------------------------------------------------
+
+
+def section_scaling(args, device) -> list[dict]:
+    threads = max(args.threads)
+    torch.set_num_threads(threads)
+    rows = []
+    for batch in (100, 1000):
+        for width in (50, 100, 200, 400):
+            problem = Problem(sizes=(225, width, width, width, width, 50), batch_size=batch,
+                              n_batches=60_000 // batch, device=args.device, dtype=args.dtype)
+            problem.make_data()
+            engine = timed_blocks(make_engine(problem), args, device)
+            bound = timed_blocks(make_products(problem), args, device)
+            flops = step_flops(problem.sizes, batch)
+            m, mb = statistics.median(engine), statistics.median(bound)
+            rows.append(_row("scaling", f"engine, width {width}, batch {batch}", "fa", threads, unit="ms/it",
+                             blocks=engine, x_bound=m / mb,
+                             note=f"bound {mb:.3f} ms/it ({flops / mb / 1e6:.1f} GFLOP/s); "
+                                  f"{m / batch * 1e3:.2f} us per example"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Section "memory": peak RSS of a training job and of the smoke workflow
+# --------------------------------------------------------------------------------------------
+
+# Runs a command and prints the largest RSS (KiB) of any process of its tree (ru_maxrss of the
+# waited-for children) as JSON: a fresh process, so no earlier child counts.
+_MAXRSS = (
+    "import json, resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print(json.dumps({'returncode': code, 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+)
+
+_TRAIN_JOB = (
+    "import sys, torch\n"
+    "from fa_analysis import data, train\n"
+    "spec = train.RunSpec(rule='fa', eta=5e-4, epochs=int(sys.argv[3]), snapshot_every=3, metrics=True, threads=int(sys.argv[4]))\n"
+    "torch.set_num_threads(spec.threads)\n"
+    "train.train_run(spec, data.load_prepared(sys.argv[1]), sys.argv[2], log=lambda line: None)\n"
+)
+
+
+class TreeRSS:
+    """Samples the summed RSS of a process and all its descendants (from /proc) until stopped."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        self.pid, self.every, self.peak = pid, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            parents, rss = {}, {}
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        with open(f"/proc/{entry.name}/stat") as handle:
+                            fields = handle.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    parents[int(entry.name)], rss[int(entry.name)] = int(fields[1]), int(fields[21]) * page
+            tree, frontier = {self.pid}, [self.pid]
+            while frontier:
+                children = [p for p, parent in parents.items() if parent in frontier and p not in tree]
+                tree.update(children)
+                frontier = children
+            self.peak = max(self.peak, sum(rss.get(p, 0) for p in tree))
+            self._stop.wait(self.every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _measured(command: list[str], env: dict, log_path: Path) -> tuple[dict, int, float]:
+    t0 = time.perf_counter()
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-c", _MAXRSS, *command], stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+        sampler = TreeRSS(process.pid)
+        out, _ = process.communicate()
+        peak_tree = sampler.stop()
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["returncode"] != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({result['returncode']}); see {log_path}")
+    return result, peak_tree, time.perf_counter() - t0
+
+
+def section_memory(args, device) -> list[dict]:
+    root = Path(os.environ.get("FA_MNIST_ROOT", REPO.parent / "shared" / "data"))
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        raise SystemExit(f"--memory needs the real MNIST under {root}/MNIST/raw (set FA_MNIST_ROOT)")
+    threads = max(args.threads)
+    env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    workdir = Path(args.workdir)
+    _dataset(args)  # prepares mnist15.npz
+    rows = []
+    job = [sys.executable, "-c", _TRAIN_JOB, str(workdir / "mnist15.npz"), str(workdir / "memory_run"),
+           str(args.memory_epochs), str(threads)]
+    result, tree, wall = _measured(job, env, workdir / "memory_train.log")
+    rows.append(_row("memory", f"training job, {args.memory_epochs} epochs", "fa", threads,
+                     value=result["maxrss_kib"] / 1024, unit="MiB peak RSS", note=f"{wall:.0f} s wall"))
+    smoke = workdir / "smoke"
+    smoke.mkdir()
+    (smoke / "config.yaml").symlink_to(REPO / "config.yaml")
+    command = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(smoke), "--cores", str(args.cores), "--configfile", str(REPO / "tests/smoke/config.yaml"),
+               "--config", f"data={{root: {root}, download: false}}"]
+    result, tree, wall = _measured(command, env, workdir / "memory_smoke.log")
+    rows.append(_row("memory", "smoke workflow, largest process", "", threads, value=result["maxrss_kib"] / 1024,
+                     unit="MiB peak RSS", note=f"--cores {args.cores}, {wall:.0f} s wall"))
+    rows.append(_row("memory", "smoke workflow, all processes", "", threads, value=tree / 2**20,
+                     unit="MiB peak RSS (sum)", note="sampled every 0.2 s"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+SECTIONS = {"step": section_step, "full": section_full, "scaling": section_scaling, "memory": section_memory}
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sections", default="step,full,scaling", help=f"comma-separated, of {list(SECTIONS)}")
+    parser.add_argument("--memory", action="store_true", help="add the memory section (minutes)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--full-epochs", type=int, default=100)
+    parser.add_argument("--memory-epochs", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores of the memory section")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "bench_engine.csv"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    sections = [s for s in args.sections.split(",") if s] + (["memory"] if args.memory else [])
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; known: {list(SECTIONS)}")
+    device = torch.device(args.device)
+    train.RunSpec(device=args.device)  # a clear error if the device is not there
 
-    # Rounds alternate the four measurements, so that a drift in the machine's speed (shared
-    # hosts) touches all of them alike; each row pools its blocks over the rounds.
-    dataset = synthetic_dataset()
-    benches = {
-        "train_run, metrics on": lambda: bench_train_run(True, device, dtype, args, dataset),
-        "train_run, metrics off": lambda: bench_train_run(False, device, dtype, args, dataset),
-        "matrix products alone": lambda: bench_matmuls(device, dtype, args),
-        "naive torch": lambda: bench_naive(device, dtype, args),
-    }
-    pooled = {name: [] for name in benches}
-    for _ in range(args.rounds):
-        for name, bench in benches.items():
-            pooled[name] += bench()
-    rows = list(pooled.items())
-    medians = {name: statistics.median(blocks) for name, blocks in rows}
-    floor, naive = medians["matrix products alone"], medians["naive torch"]
-    print(f"net {'-'.join(map(str, SIZES))}, batch {BATCH}, {args.dtype}, device {device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'':24s} {'ms/it (median)':>14s} {'min':>7s} {'max':>7s} {'blocks':>6s} {'x products':>10s} {'x naive':>8s}")
-    for name, blocks in rows:
-        m = medians[name]
-        print(f"{name:24s} {m:14.3f} {min(blocks):7.3f} {max(blocks):7.3f} {len(blocks):6d} {m / floor:10.2f} {m / naive:8.2f}")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        args.workdir = workdir
+        for name in sections:
+            rows += SECTIONS[name](args, device)
+    load_after = os.getloadavg()
+
+    header = (f"net 225-50-50-50-50-50, batch 1000, {args.dtype}, device {device}, torch {torch.__version__}, "
+              f"{platform.machine()} {os.cpu_count()} CPUs; load average {load_before[0]:.2f} at start, "
+              f"{load_after[0]:.2f} at end; {time.perf_counter() - t0:.0f} s")
+    print(header)
+    widths = {c: max(len(c), *(len(_format(r[c])) for r in rows)) for c in COLUMNS if c != "note"}
+    print("  ".join(c.ljust(widths[c]) for c in widths) + "  note")
+    for r in rows:
+        print("  ".join(_format(r[c]).ljust(widths[c]) for c in widths) + "  " + r["note"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    out.with_suffix(".json").write_text(json.dumps({"header": header, "argv": sys.argv, "rows": rows}, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

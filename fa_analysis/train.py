@@ -11,11 +11,12 @@ the "BP shadow update"; a DFA run computes both), so ``angle(dW^FA_l, dW^BP_l)``
 run. The loop records only Frobenius products -- one small Gram matrix per layer of the rows
 ``[W, B^T, dW, dW^other...]`` -- and turns them into angles and norms once, at the end.
 
-Speed: ``W`` and ``b`` are views into one flat row ``theta = [W_0 .. W_{d-1} | b_1 .. b_d]``
-(the snapshot layout), the updates likewise, so the step is one ``theta += eta dtheta``. ``Z``,
-``L``, ``f'`` and the deltas of all layers are blocks of one layer-major buffer each, so ``f'`` is
-one call for all layers; the epoch's examples are gathered once in minibatch order. Nothing
-syncs with the device inside an epoch.
+Speed (``Engine``; benchmarks/README.md): ``W`` and ``b`` are views into one flat row
+``theta = [W_0 .. W_{d-1} | b_1 .. b_d]`` (the snapshot layout), the updates likewise, so the
+step is one ``theta += eta dtheta``. ``Z``, ``L``, ``f'`` and the deltas of all layers are
+blocks of one layer-major buffer each, so ``f'`` is one call for all layers; BP's and FA's
+deltas are one batched product per layer; the epoch's examples are gathered once in minibatch
+order. Nothing syncs with the device inside an epoch.
 """
 
 from __future__ import annotations
@@ -352,6 +353,9 @@ class Engine:
         first = THETA if self.pair[:1] == ["bp"] else BT
         self.pair_deltas = layer_major(len(self.pair)) if self.pair else None
         self.pair_Mt = w_views(slice(first, first + len(self.pair))) if self.pair else None
+        # per layer, both rules' deltas (P, n_l, n_b) and f'(Z_l) (n_l, n_b), made once here
+        self.pair_delta_blocks = [None] + [self.pair_deltas[:, rows[l]] for l in range(1, d + 1)] if self.pair else None
+        self.fprime_blocks = [None] + [self.fprime_all[rows[l]] for l in range(1, d + 1)]
         # delta_d = E * f'(Z_d) for every rule of the pair at once: E seen once per rule
         self.E_pair = self.E_all.expand(len(self.pair), -1, -1)
         self.delta_of = {r: layer_views(self.pair_deltas[i]) for i, r in enumerate(self.pair)}
@@ -392,11 +396,11 @@ class Engine:
 
         # Layer l's rows W, B^T, dW, shadow dW flattened, (R, n_l n_{l+1}): their Gram matrix
         # holds every Frobenius product the metrics need. Consecutive layers of one size share
-        # a batched product: gram_groups holds (first layer, last layer + 1, (g, R, n) view).
-        self.gram_groups = [
-            (a, e, self.bank[:, w_bounds[a] : w_bounds[e]].view(R, e - a, w_numel[a]).transpose(0, 1))
-            for a, e in _runs(w_numel, 0, d)
-        ]
+        # a batched product: gram_groups holds (first layer, last layer + 1, (g, R, n) view, its transpose).
+        self.gram_groups = []
+        for a, e in _runs(w_numel, 0, d):
+            bank_rows = self.bank[:, w_bounds[a] : w_bounds[e]].view(R, e - a, w_numel[a]).transpose(0, 1)
+            self.gram_groups.append((a, e, bank_rows, bank_rows.transpose(1, 2)))
 
         # per-iteration records: 2*loss, per-layer Gram matrices, per-layer ||delta_l||^2
         K = num_iterations
@@ -424,12 +428,12 @@ class Engine:
         self.fprime_fn(self.Z_all, self.L_all, self.fprime_all)
 
         # deltas: delta_d = E * f'(Z_d); delta_l^T = M_l^T delta_{l+1}^T * f'(Z_l)^T for BP and FA at once
-        rows, fprime_all = self.rows, self.fprime_all
+        fprime = self.fprime_blocks
         if self.pair:
-            deltas = self.pair_deltas
-            torch.mul(self.E_pair, fprime_all[rows[d]], out=deltas[:, rows[d]])
+            deltas, Mt = self.pair_delta_blocks, self.pair_Mt
+            torch.mul(self.E_pair, fprime[d], out=deltas[d])
             for l in range(d - 1, 0, -1):
-                torch.bmm(self.pair_Mt[l], deltas[:, rows[l + 1]], out=deltas[:, rows[l]]).mul_(fprime_all[rows[l]])
+                torch.bmm(Mt[l], deltas[l + 1], out=deltas[l]).mul_(fprime[l])
         if "dfa" in self.row_of:
             backward_deltas(self.net, Z, L, self.E, "dfa", fprime=self.fprime, out=self.delta_of["dfa"])
 
@@ -446,8 +450,8 @@ class Engine:
 
         if self.spec.metrics:
             gram_k = self.gram[k]
-            for first, end, bank_rows in self.gram_groups:
-                torch.bmm(bank_rows, bank_rows.transpose(1, 2), out=gram_k[first:end])
+            for first, end, bank_rows, bank_rows_T in self.gram_groups:
+                torch.bmm(bank_rows, bank_rows_T, out=gram_k[first:end])
             torch.linalg.vector_norm(self.delta_all, dim=1, out=self.unit_norm)
             torch.mv(self.layer_of_unit, self.unit_norm.square_(), out=self.delta_sq[k])
         return Z, L, self.E, self.delta, self.dW, self.db  # db: views of db_all, zeros that stay zero with bias off
