@@ -71,6 +71,33 @@ def test_tanh_relu_is_tanh_of_relu():
     torch.testing.assert_close(ACTIVATIONS["tanh_relu"].fprime(Z, L, None), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_relu_derivative_is_exactly_zero_where_Z_is_not_positive(dtype):
+    """f' = sign(L) - L^2 needs L > 0 exactly where Z > 0, down to the smallest positive floats."""
+    tiny = torch.finfo(dtype).tiny
+    Z = torch.tensor([-1.0, -tiny, -0.0, 0.0, tiny / 2**10, tiny, 1e-30, 1e-8, 0.5, 20.0, 1e4], dtype=dtype)
+    act = ACTIVATIONS["tanh_relu"]
+    L = act.f(Z, None)
+    assert torch.equal(L > 0, Z > 0)
+    expected = torch.where(Z > 0, 1 - torch.tanh(Z) ** 2, torch.zeros_like(Z))
+    assert torch.equal(act.fprime(Z, L, None), expected)
+
+
+@pytest.mark.parametrize("activation", ["tanh_relu", "tanh"])
+def test_float32_tanh_is_within_two_ulp_of_the_exact_value_also_on_strided_views(activation):
+    g = torch.Generator().manual_seed(2)
+    Z_all = torch.randn(40, 300, generator=g) * 4
+    Z = Z_all[10:30].T  # (300, 20) transposed view, as the training loop stores layers
+    out_all = torch.full_like(Z_all, -7.0)
+    out = out_all[10:30].T
+    assert ACTIVATIONS[activation].f(Z, out) is out
+    x = Z.double().clamp(min=0) if activation == "tanh_relu" else Z.double()
+    exact = torch.tanh(x)
+    ulp = torch.finfo(torch.float32).eps * exact.abs().clamp(min=torch.finfo(torch.float32).tiny)
+    assert ((out.double() - exact).abs() <= 2 * ulp).all()
+    assert (out_all[:10] == -7.0).all() and (out_all[30:] == -7.0).all()  # nothing outside the view
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("bias", [True, False])
 def test_bp_updates_are_minus_autograd_gradient_of_summed_loss(activation, bias):

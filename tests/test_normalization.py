@@ -33,6 +33,16 @@ def test_wn_leaves_rows_alone_a_transposed_normalisation_would_fail():
     torch.testing.assert_close(W, torch.tensor([[0.6, 0.0], [0.8, 1.0]], dtype=torch.float64))
 
 
+def test_wn_of_a_stack_normalises_each_matrix_of_it_like_one_matrix():
+    g = torch.Generator().manual_seed(3)
+    stack = torch.randn(4, 6, 5, dtype=torch.float64, generator=g)
+    one_by_one = [W.clone() for W in stack]
+    normalize_columns_(stack, 0.7)
+    normalize_columns_(one_by_one, 0.7)
+    torch.testing.assert_close(stack, torch.stack(one_by_one), rtol=0, atol=0)
+    torch.testing.assert_close(stack.norm(dim=1), torch.full((4, 5), 0.7, dtype=torch.float64))
+
+
 def test_ibn_gives_unit_B_columns_and_skips_B0():
     net = _net()
     unit_columns_(net.B)
