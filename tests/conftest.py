@@ -26,6 +26,17 @@ def mnist_root() -> Path:
     return root
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (the machine's cores are shared), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mnist_subset(mnist_root, tmp_path_factory):
     """Real MNIST at 15x15: the first 5,000 training and 1,000 test images, prepared once per session."""

@@ -12,12 +12,7 @@ from mechanisms_synthetic import synthetic_fa_run
 SETTINGS = {"iterations": [30, 59], "max_lag": 12, "lags_over_time": [1, 5, 7], "every": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randn(*shape, seed=0):

@@ -12,12 +12,7 @@ from mechanisms_synthetic import synthetic_fa_run
 OFFSET = {"random_b_seed_offset": 7919}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def last_rows(frame):
