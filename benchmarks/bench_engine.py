@@ -6,10 +6,11 @@ Sections (``--sections``, benchmarks/README.md):
   1000, FA step + BP shadow update + every metric, + WN for ``fa_wn``) for the engine, a naive
   torch version, an autograd version with a custom FA function, and the step's matrix products
   alone (the compute bound: its FLOP count over this machine's GEMM throughput at the same
-  shapes), at every ``--threads`` setting. Rounds interleave every variant and thread count so
-  that a drift in the machine's speed touches all alike; each row is the median of the per-
-  iteration times of its timed blocks (``--blocks`` x ``--block`` iterations after ``--warmup``),
-  pooled over rounds.
+  shapes), at every ``--threads`` setting. Each of ``--rounds`` rounds takes the thread
+  settings in turn and, within one, times ``--blocks`` blocks of ``--block`` iterations of
+  every variant in turn, block by block (after ``--warmup`` iterations each), so that a drift
+  or a burst in the machine's load touches all variants alike; each row is the median of the
+  per-iteration times of its blocks, pooled over the rounds.
 - ``full``: wall time of a full 6,000-iteration ``train_run`` (100 epochs of 60 minibatches,
   metrics on), with its evaluations and artifact writing.
 - ``scaling``: the engine and its products at hidden widths 50..400 and batch 100 / 1000.
@@ -53,23 +54,32 @@ COLUMNS = ["section", "measurement", "condition", "threads", "value", "unit", "m
            "x_naive", "x_bound", "note"]
 
 
-def timed_blocks(step, args, device: torch.device) -> list[float]:
-    """Milliseconds per iteration of ``args.blocks`` blocks of ``args.block`` steps, after warm-up."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
-    for _ in range(args.warmup):
+def timed_block(step, n: int, device: torch.device) -> float:
+    """Milliseconds per iteration of ``n`` consecutive steps."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
         step()
-    out = []
-    for _ in range(args.blocks):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(args.block):
+    _sync(device)
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def interleaved_blocks(steps: dict, args, device: torch.device) -> dict[object, list[float]]:
+    """``args.warmup`` untimed steps of each, then ``args.blocks`` timed blocks of ``args.block``
+    steps, taking the variants in turn block by block: a burst of load from another process
+    falls on all of them alike instead of on the one that happens to be running."""
+    for step in steps.values():
+        for _ in range(args.warmup):
             step()
-        sync()
-        out.append((time.perf_counter() - t0) / args.block * 1e3)
+    out = {key: [] for key in steps}
+    for _ in range(args.blocks):
+        for key, step in steps.items():
+            out[key].append(timed_block(step, args.block, device))
     return out
 
 
@@ -98,11 +108,11 @@ def section_step(args, device) -> list[dict]:
     for _ in range(args.rounds):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for condition, problem in problems.items():
-                for variant, make in VARIANTS.items():
-                    pooled.setdefault((variant, condition, threads), []).extend(timed_blocks(make(problem), args, device))
-            bound = make_products(problems["fa"])
-            pooled.setdefault(("matrix products (bound)", "", threads), []).extend(timed_blocks(bound, args, device))
+            steps = {(variant, condition, threads): make(problem)
+                     for condition, problem in problems.items() for variant, make in VARIANTS.items()}
+            steps["matrix products (bound)", "", threads] = make_products(problems["fa"])
+            for key, blocks in interleaved_blocks(steps, args, device).items():
+                pooled.setdefault(key, []).extend(blocks)
     flops = step_flops(Problem().sizes, Problem().batch_size)
     rows = []
     for threads in args.threads:
@@ -175,8 +185,8 @@ def section_scaling(args, device) -> list[dict]:
             problem = Problem(sizes=(225, width, width, width, width, 50), batch_size=batch,
                               n_batches=60_000 // batch, device=args.device, dtype=args.dtype)
             problem.make_data()
-            engine = timed_blocks(make_engine(problem), args, device)
-            bound = timed_blocks(make_products(problem), args, device)
+            times = interleaved_blocks({"engine": make_engine(problem), "bound": make_products(problem)}, args, device)
+            engine, bound = times["engine"], times["bound"]
             flops = step_flops(problem.sizes, batch)
             m, mb = statistics.median(engine), statistics.median(bound)
             rows.append(_row("scaling", f"engine, width {width}, batch {batch}", "fa", threads, unit="ms/it",
@@ -264,11 +274,17 @@ def section_memory(args, device) -> list[dict]:
     workdir = Path(args.workdir)
     _dataset(args)  # prepares mnist15.npz
     rows = []
+    result, _, _ = _measured([sys.executable, "-c", "import torch, fa_analysis.train"], env, workdir / "memory_import.log")
+    rows.append(_row("memory", "import torch + fa_analysis.train", "", "", value=result["maxrss_kib"] / 1024,
+                     unit="MiB peak RSS", note="the floor of every job that uses torch"))
     job = [sys.executable, "-c", _TRAIN_JOB, str(workdir / "mnist15.npz"), str(workdir / "memory_run"),
            str(args.memory_epochs), str(threads)]
     result, tree, wall = _measured(job, env, workdir / "memory_train.log")
+    snapshots_mib = (100 * 60 // 3 + 1) * sum(n * m + m for n, m in zip(Problem().sizes, Problem().sizes[1:])) * 4 / 2**20
     rows.append(_row("memory", f"training job, {args.memory_epochs} epochs", "fa", threads,
-                     value=result["maxrss_kib"] / 1024, unit="MiB peak RSS", note=f"{wall:.0f} s wall"))
+                     value=result["maxrss_kib"] / 1024, unit="MiB peak RSS",
+                     note=f"{wall:.0f} s wall; real MNIST, snapshots every 3 iterations "
+                          f"(a 100-epoch run's snapshots add {snapshots_mib:.0f} MiB)"))
     smoke = workdir / "smoke"
     smoke.mkdir()
     (smoke / "config.yaml").symlink_to(REPO / "config.yaml")
