@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -144,8 +145,6 @@ def _dataset(args):
             data.prepare_dataset(root, False, path)
         return data.load_prepared(path), "real MNIST"
     g = torch.Generator().manual_seed(0)
-    from types import SimpleNamespace
-
     return SimpleNamespace(
         X_train=torch.rand(60_000, 225, generator=g), y_train=torch.randint(0, 10, (60_000,), generator=g),
         X_test=torch.rand(10_000, 225, generator=g), y_test=torch.randint(0, 10, (10_000,), generator=g), metadata={},
