@@ -210,6 +210,23 @@ def _condition_label(condition: str) -> str:
     return CONDITION_LABELS.get(condition, condition)
 
 
+def _settings_label(directory: PathLike, condition: str) -> str:
+    """A legend label from the settings the runs actually used (their run.json), e.g.
+    ``FA + WN (γ = 0.6)``: experiments can override a condition's defaults, so its name alone may
+    mislead. Falls back to the condition's usual label when no run spec can be read."""
+    import json
+
+    try:
+        run_dir = pd.read_csv(Path(directory) / "runs.csv")["run_dir"].iloc[0]
+        spec = json.loads((Path(run_dir) / "run.json").read_text())["spec"]
+    except (OSError, KeyError, IndexError, ValueError):
+        return _condition_label(condition)
+    label = spec["rule"].upper()
+    if spec.get("wn"):
+        label += f" + WN (γ = {spec['gamma']:g}{', IBN' if spec.get('ibn') else ''})"
+    return label
+
+
 def _condition_color(condition: str) -> str:
     if condition not in PALETTE:
         raise KeyError(f"no colour for condition '{condition}'; add it to figures.PALETTE (has {list(PALETTE)})")
@@ -610,7 +627,7 @@ def plot_label_change(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     fig, (ax_acc, ax_angle) = _panels(2, width=4.6, height=3.2, sharey=False)
     boundaries = set()
     for condition, directory in aggregated.items():
-        color, label = _condition_color(condition), _condition_label(condition)
+        color, label = _condition_color(condition), _settings_label(directory, condition)
         evaluation = read_table(directory, "evaluation")
         accuracy = measure_curve(evaluation, "test_accuracy", x="epoch")
         plot_mean_sd(ax_acc, accuracy["epoch"], 100 * accuracy["mean"], 100 * accuracy["sd"],
