@@ -426,7 +426,8 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
                                  linestyle=style, label=f"{VARIANT_LABELS[variant]}, {kind}", linewidth=1.1)
             _chance_line(ax)
             ax.set_title(f"$W_{layer}$, {row_title(row_value)}", fontsize="medium")
-            _integer_ticks(ax)
+            # at most 5 integer ticks: four-digit iterations must not run into each other
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
             if r == len(rows) - 1:
                 ax.set_xlabel(xlabel)
         axes[r, 0].set_ylabel(r"$\angle(T^o_l[k], B_l^\top)$ (degrees)")
