@@ -42,7 +42,6 @@ from fa_analysis.network import (
     RULES,
     Network,
     backward_deltas,
-    dW_updates,
     forward,
     init_network,
     output_error,
