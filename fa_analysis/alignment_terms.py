@@ -28,11 +28,8 @@ Choices made here (documented in the tables' docstrings too):
 - ``b_l`` is the bias at step k, ``b_l[k]``, in ``zeta^o`` and in the zero-degree term. The
   telescoping sum then runs over the weight updates only and is exact up to the first-order
   expansion; the bias updates need no terms of their own.
-- The remainder is measured against the **linear** expansion summed over all lags,
-  ``R_l[k] = Delta W_l[k] - zero-degree - eta^2 B_l^T (sum_{j<k} P_l[j])^T P_l[k]``: the sum over
-  ``o = 1..k`` of the nonlinear terms needs the whole history (unbounded memory), the linear one a
-  running sum. ``R`` therefore holds the nonlinearity of the terms (``f'`` factors) as well as
-  the higher orders of the expansion; it is what the linearised shadow leaves out (``shadow.py``).
+- The remainder ``R_l`` is measured with the nonlinear terms summed over the whole history, in
+  its own experiment (``remainder.py``); this observer needs only the lags below.
 - ``T^o`` is needed only at lags up to ``H = max(max_lag, max(lags_over_time))``: a ring buffer of
   H past steps holds, per layer, the past factor ``G_l[j] = (f'(Z_l[j])^T * B_l^T delta_{l+1}[j]^T)
   L_{l-1}[j]`` (``n_l x n_{l-1}``, which equals ``dW_{l-1}[j]^T``), ``W_{l-1}[j]``, ``P_l[j]`` and the
@@ -54,7 +51,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from fa_analysis.measures import angle_deg, angle_deg_batched
+from fa_analysis.measures import angle_deg_batched
 from fa_analysis.network import get_activation
 
 NUM_CLASSES = 10  # MNIST digits: the labels the similarity is split by
@@ -139,11 +136,6 @@ def zero_degree_term(L_prev_now: Tensor, W_prev_init: Tensor, b: Tensor, delta_n
     """``eta f(L_{l-1}[k] W_{l-1}[0] + b_l)^T delta_{l+1}[k]``: the update had W_{l-1} never learned."""
     act = get_activation(activation)
     return eta * (act.f(L_prev_now @ W_prev_init + b, None).T @ delta_next_now)
-
-
-def remainder(dW: Tensor, zero_degree: Tensor, linear_sum: Tensor) -> Tensor:
-    """``R_l[k] = Delta W_l[k] - zero-degree - sum_o linear terms`` (``dW`` with eta: ``eta L_l^T delta_{l+1}``)."""
-    return dW - zero_degree - linear_sum
 
 
 def class_sums(L: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -260,7 +252,7 @@ class AlignmentTermsObserver:
     """Alignment terms of an FA run without WN, measured beside training (SPEC 6).
 
     Settings from ``spec.observers["alignment_terms"]`` (or given here): ``iterations`` (the k of
-    the lag analysis), ``max_lag``, ``lags_over_time``, ``every``. ``finish()`` returns four tables
+    the lag analysis), ``max_lag``, ``lags_over_time``, ``every``. ``finish()`` returns three tables
     (``layer`` is l = 1..d-1 of ``W_l``; ``iteration`` is k, the state before step k):
 
     - ``terms_lag``: ``iteration, layer, lag, kind, angle, norm`` -- ``angle(T^o_l[k], B_l^T)`` in
@@ -268,10 +260,6 @@ class AlignmentTermsObserver:
       ``kind`` ``nonlinear`` or ``linear``;
     - ``terms_time``: the same columns for ``o`` in ``lags_over_time`` (``o <= k``) at every
       ``every``-th iteration;
-    - ``terms_remainder``: ``iteration, layer, ratio_R_dW, angle_R_Bt, angle_zero_Bt,
-      angle_linear_sum_Bt, angle_dW_Bt, ratio_zero_dW, ratio_linear_sum_dW`` at every ``every``-th
-      iteration (R against the linear expansion summed over all lags; see the module docstring;
-      at k = 0 the sum is empty, so ``angle_linear_sum_Bt`` is NaN there);
     - ``terms_similarity``: ``iteration, layer, lag, labels, within, between`` -- class means of
       ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` with the class labels (``labels = "true"``: the clean
       labels when ``true_labels`` is given, else the labels the run trains on, which are noisy in
@@ -302,13 +290,11 @@ class AlignmentTermsObserver:
         self.history = {
             l: _History(self.capacity, sizes[l - 1], sizes[l], sizes[l + 1], s.num_classes, W) for l in self.layers
         }
-        self.W_prev_init = {l: net.W[l - 1].detach().clone() for l in self.layers}
-        self.P_sum = {l: torch.zeros_like(self.history[l].P[0]) for l in self.layers}
         if self._true_labels is not None:
             self._true_labels = self._true_labels.to(net.W[0].device)
         self.permutation_generator = torch.Generator().manual_seed(int(spec.seed) + s.permutation_seed_offset)
-        self.rows: dict[str, list] = {"lag": [], "time": [], "remainder": [], "similarity": []}
-        self.values: dict[str, list[Tensor]] = {"lag": [], "time": [], "remainder": [], "similarity": []}
+        self.rows: dict[str, list] = {"lag": [], "time": [], "similarity": []}
+        self.values: dict[str, list[Tensor]] = {"lag": [], "time": [], "similarity": []}
         self._labels_checked = False
 
     def step(self, k: int, net: Any, state: Any) -> None:
@@ -338,22 +324,6 @@ class AlignmentTermsObserver:
             P = P_matrix(L_prev, delta_next)
             sums, counts = (torch.stack(x) for x in zip(*(class_sums(L_prev, y, s.num_classes) for y in label_sets)))
 
-            if over_time:
-                dW = eta * state.dW[l]
-                zero = zero_degree_term(L_prev, self.W_prev_init[l], b, delta_next, eta, self.activation)
-                linear_sum = linear_term(B, M_matrix(self.P_sum[l], P), eta)
-                R = remainder(dW, zero, linear_sum)
-                norm_dW = dW.norm()
-                self._record("remainder", [(k, l)], torch.stack([
-                    R.norm() / norm_dW,
-                    angle_deg(R, Bt),
-                    angle_deg(zero, Bt),
-                    angle_deg(linear_sum, Bt),
-                    angle_deg(dW, Bt),
-                    zero.norm() / norm_dW,
-                    linear_sum.norm() / norm_dW,
-                ]).to(torch.float64)[None])
-
             if lags:
                 # every lag of this step at once: a leading lag axis on the buffered past
                 slots = [h.slot(k - o) for o in lags]
@@ -372,7 +342,6 @@ class AlignmentTermsObserver:
                 self._record("similarity", keys, similarity.flatten(0, 1).to(torch.float64))
 
             h.push(k, G, net.W[l - 1], P, sums, counts)
-            self.P_sum[l].add_(P)
 
     def _record(self, table: str, keys: list[tuple], values: Tensor) -> None:
         """Rows of a table: one key tuple per row of ``values`` (kept on the device until ``finish``)."""
@@ -383,11 +352,6 @@ class AlignmentTermsObserver:
         return {
             "terms_lag": _frame(self.rows["lag"], self.values["lag"], ["iteration", "layer", "lag", "kind"], ["angle", "norm"]),
             "terms_time": _frame(self.rows["time"], self.values["time"], ["iteration", "layer", "lag", "kind"], ["angle", "norm"]),
-            "terms_remainder": _frame(
-                self.rows["remainder"], self.values["remainder"], ["iteration", "layer"],
-                ["ratio_R_dW", "angle_R_Bt", "angle_zero_Bt", "angle_linear_sum_Bt", "angle_dW_Bt",
-                 "ratio_zero_dW", "ratio_linear_sum_dW"],
-            ),
             "terms_similarity": _frame(
                 self.rows["similarity"], self.values["similarity"], ["iteration", "layer", "lag", "labels"], ["within", "between"]
             ),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fa_analysis import alignment_terms as at
 from fa_analysis.network import backward_deltas, derivatives, forward, init_network, output_error, sgd_step_, weight_updates
 from fa_analysis.train import RunSpec, StepState
 
@@ -92,3 +93,25 @@ def synthetic_fa_run(
     for observer in observers:
         run.frames.update(observer.finish())
     return run
+
+
+def brute_force_sums(run: SyntheticRun, k: int, l: int, B=None):
+    """``Delta W_l[k]``, the zero-degree term and the sums over o = 1..k of both kinds of ``T^o_l[k]``.
+
+    A plain loop over every past step of a run kept with ``keep_history=True``, each term from its
+    formula (``alignment_terms.nonlinear_term``, ``linear_term``); ``B`` replaces ``B_l`` inside
+    the terms when given (the random-B' shadow).
+    """
+    steps, now, eta, act = run.steps, run.steps[k], run.spec.eta, run.spec.activation
+    B = run.net.B[l] if B is None else B
+    dW = eta * now.dW[l]
+    zero = at.zero_degree_term(now.L[l - 1], steps[0].W[l - 1], now.b[l - 1], now.delta[l + 1], eta, act)
+    nonlinear = torch.zeros_like(dW)
+    linear = torch.zeros_like(dW)
+    P_now = at.P_matrix(now.L[l - 1], now.delta[l + 1])
+    for o in range(1, k + 1):
+        past = steps[k - o]
+        nonlinear += at.nonlinear_term(past.L[l - 1], past.Z[l], past.delta[l + 1], past.W[l - 1],
+                                       now.L[l - 1], now.delta[l + 1], now.b[l - 1], B, eta, act)
+        linear += at.linear_term(B, at.M_matrix(at.P_matrix(past.L[l - 1], past.delta[l + 1]), P_now), eta)
+    return dW, zero, nonlinear, linear

@@ -7,7 +7,7 @@ import torch
 
 from fa_analysis import alignment_terms as at
 from fa_analysis.measures import angle_deg
-from mechanisms_synthetic import synthetic_fa_run
+from mechanisms_synthetic import brute_force_sums, synthetic_fa_run
 
 SETTINGS = {"iterations": [30, 59], "max_lag": 12, "lags_over_time": [1, 5, 7], "every": 1}
 
@@ -17,25 +17,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def brute_force_sums(run, k, l):
-    """``Delta W_l[k]``, the zero-degree term and the sums over o = 1..k of both kinds of T^o_l[k]."""
-    steps, now, eta, act = run.steps, run.steps[k], run.spec.eta, run.spec.activation
-    B = run.net.B[l]
-    dW = eta * now.dW[l]
-    zero = at.zero_degree_term(now.L[l - 1], steps[0].W[l - 1], now.b[l - 1], now.delta[l + 1], eta, act)
-    nonlinear = sum(
-        at.nonlinear_term(steps[k - o].L[l - 1], steps[k - o].Z[l], steps[k - o].delta[l + 1], steps[k - o].W[l - 1],
-                          now.L[l - 1], now.delta[l + 1], now.b[l - 1], B, eta, act)
-        for o in range(1, k + 1)
-    )
-    P_now = at.P_matrix(now.L[l - 1], now.delta[l + 1])
-    linear = sum(
-        at.linear_term(B, at.M_matrix(at.P_matrix(steps[k - o].L[l - 1], steps[k - o].delta[l + 1]), P_now), eta)
-        for o in range(1, k + 1)
-    )
-    return dW, zero, nonlinear, linear
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,34 +91,6 @@ def test_nonlinear_terms_are_the_first_order_expansion():
     assert nl_small < 1e-3 * lin_small
 
 
-def test_with_a_linear_activation_the_remainder_vanishes():
-    run = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], activation="linear", eta=1e-3, iterations=60)
-    remainder = run.frames["terms_remainder"]
-    assert remainder["ratio_R_dW"].max() < 1e-9
-    assert remainder["ratio_linear_sum_dW"].iloc[-1] > 1e-2  # the terms themselves are not negligible
-
-
-def test_remainder_is_small_for_small_eta_and_grows_with_eta():
-    means = []
-    for eta in (1e-5, 1e-4, 1e-3):
-        run = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], eta=eta, iterations=40)
-        remainder = run.frames["terms_remainder"]
-        means.append(remainder.loc[remainder.iteration > 0, "ratio_R_dW"].mean())
-    assert means[0] < 0.01
-    assert means[0] < means[1] < means[2]
-
-
-def test_observer_remainder_uses_the_sum_over_all_lags():
-    k, l = 25, 2
-    run = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], eta=2e-3, iterations=k + 1, keep_history=True)
-    dW, zero, _, linear = brute_force_sums(run, k, l)
-    row = run.frames["terms_remainder"].set_index(["iteration", "layer"]).loc[(k, l)]
-    Bt = run.net.B[l].T
-    assert row["ratio_R_dW"] == pytest.approx(((dW - zero - linear).norm() / dW.norm()).item(), rel=1e-9)
-    assert row["angle_linear_sum_Bt"] == pytest.approx(angle_deg(linear, Bt).item(), abs=1e-8)
-    assert row["angle_zero_Bt"] == pytest.approx(angle_deg(zero, Bt).item(), abs=1e-8)
-
-
 # --------------------------------------------------------------------------------------------
 # The observer's tables
 
@@ -160,7 +113,7 @@ def test_lag_table_matches_terms_computed_from_the_full_history():
 def test_tables_cover_the_requested_iterations_lags_and_layers():
     run = synthetic_fa_run([at.AlignmentTermsObserver({**SETTINGS, "every": 2})], iterations=60)
     frames = run.frames
-    assert set(frames) == {"terms_lag", "terms_time", "terms_remainder", "terms_similarity"}
+    assert set(frames) == {"terms_lag", "terms_time", "terms_similarity"}
     lag = frames["terms_lag"]
     assert set(lag["iteration"]) == {30, 59}
     assert set(lag["layer"]) == {1, 2}  # l = 1..d-1 for d = 3
@@ -170,13 +123,9 @@ def test_tables_cover_the_requested_iterations_lags_and_layers():
     time = frames["terms_time"]
     assert (time["iteration"] % 2 == 0).all() and (time["iteration"] >= time["lag"]).all()
     assert len(time[(time.layer == 1) & (time.lag == 7) & (time.kind == "linear")]) == len(range(8, 60, 2))
-    assert list(frames["terms_remainder"]["iteration"].unique()) == list(range(0, 60, 2))
     similarity = frames["terms_similarity"]
     assert set(similarity["labels"]) == {"true", "permuted"}
     assert len(similarity[(similarity.iteration == 30)]) == 2 * 12 * 2  # layers x lags x label kinds
-    remainder = frames["terms_remainder"]
-    assert remainder.loc[remainder.iteration == 0, "angle_linear_sum_Bt"].isna().all()  # empty sum: no direction
-    frames["terms_remainder"] = remainder[remainder.iteration > 0]
     for frame in frames.values():
         value_columns = frame.select_dtypes("float").columns
         assert frame[value_columns].notna().all().all()
@@ -252,4 +201,4 @@ def test_memory_holds_only_the_lags_needed():
     synthetic_fa_run([observer], iterations=200)
     assert observer.capacity == 12  # max(max_lag, lags_over_time), whatever the run length
     assert all(h.G.shape[0] == 12 for h in observer.history.values())
-    assert not math.isnan(observer.P_sum[1].sum().item())
+    assert not math.isnan(observer.history[1].P.sum().item())
