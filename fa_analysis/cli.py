@@ -76,11 +76,13 @@ def observers_of(spec: Mapping, true_labels=None) -> list:
     label-noise run's minibatches by their true classes as well as by the trained labels.
     """
     from fa_analysis.alignment_terms import AlignmentTermsObserver
+    from fa_analysis.remainder import RemainderObserver
     from fa_analysis.shadow import ShadowObserver
 
     known = {
         "alignment_terms": lambda: AlignmentTermsObserver(true_labels=true_labels),
         "shadow": ShadowObserver,
+        "remainder": RemainderObserver,
     }
     unknown = set(spec["observers"]) - set(known)
     if unknown:
@@ -190,7 +192,7 @@ def _figure_inputs(name: str, inputs: dict[str, str]):
         return {bool(int(key.removeprefix("wn"))): path for key, path in inputs.items()}
     if name == "label_noise":
         return {int(re.fullmatch(r".*_p(\d+)", key).group(1)): path for key, path in inputs.items()}
-    if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "trajectory_pca", "trajectory_umap"):
+    if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "remainder", "trajectory_pca", "trajectory_umap"):
         return next(iter(inputs.values()))
     return inputs
 

@@ -31,7 +31,9 @@ MNIST_TRAIN_SIZE = 60_000
 OUTPUT_UNITS = {"five_hot": 50, "one_hot": 10}
 
 # Experiment names as they appear in result paths: runs/{experiment}/{condition}/seed{seed}.
-EXPERIMENTS = ("main", "label_noise", "label_change", "trajectory", "terms", "shadow")
+#: Config sections of the mechanism experiments: each measures FA runs without WN (SPEC 6).
+MECHANISM_SECTIONS = ("alignment_terms", "shadow", "remainder")
+EXPERIMENTS = ("main", "label_noise", "label_change", "trajectory", "terms", "shadow", "remainder")
 
 # The keys of a run spec, in the order every spec lists them (docs/design.md, "Run specs").
 # `threads` is not among them: it comes from the rule's `threads:` at run time, so that changing
@@ -188,7 +190,7 @@ def check_config(config: dict) -> None:
                 f"config key '{key}' names unknown condition {', '.join(unknown)}; "
                 f"define it under 'conditions' or use one of: {known}"
             )
-    for section in ("alignment_terms", "shadow"):
+    for section in MECHANISM_SECTIONS:
         name = config[section]["condition"]
         if name in conditions and (conditions[name]["rule"] != "fa" or conditions[name]["wn"]):
             problems.append(
@@ -219,6 +221,7 @@ def check_config(config: dict) -> None:
         )
     else:
         problems += _check_alignment_terms(config["alignment_terms"], iterations_per_epoch(config))
+        problems += _check_remainder(config["remainder"], iterations_per_epoch(config))
 
     landscape = config["embedding"]["landscape_train_subset"]
     if landscape > n_train:
@@ -238,7 +241,7 @@ def check_config(config: dict) -> None:
 def _condition_references(config: dict) -> Iterator[tuple[str, list[str]]]:
     for experiment, section in config["experiments"].items():
         yield f"experiments.{experiment}.conditions", section["conditions"]
-    for section in ("alignment_terms", "shadow"):
+    for section in MECHANISM_SECTIONS:
         yield f"{section}.condition", [config[section]["condition"]]
 
 
@@ -257,6 +260,20 @@ def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
                 f"config key 'alignment_terms.iterations' has k = {k} < alignment_terms.max_lag = "
                 f"{terms['max_lag']}: T^o[k] needs k - o >= 0; lower max_lag or raise k"
             )
+    return problems
+
+
+def _check_remainder(remainder: dict, batches_per_epoch: int) -> list[str]:
+    """The remainder's iterations lie inside its runs, and something is measured (SPEC 6)."""
+    n_iterations = remainder["epochs"] * batches_per_epoch
+    problems = [
+        f"config key 'remainder.iterations' has k = {k} but the runs have only {n_iterations} iterations "
+        f"(remainder.epochs x {batches_per_epoch} minibatches)"
+        for k in remainder["iterations"] if k >= n_iterations
+    ]
+    if not remainder["iterations"] and not remainder["every"]:
+        problems.append("config keys 'remainder.iterations' and 'remainder.every' measure nothing: "
+                        "list an iteration or set every > 0")
     return problems
 
 
@@ -296,19 +313,17 @@ def _iter_specs(config: dict) -> Iterator[dict]:
                 yield _spec(config, "label_noise", f"{name}_p{level}", name, seed, label_noise=level)
 
     change = experiments["label_change"]
-    overrides = change["overrides"]
     for name in change["conditions"]:
         changes = {"phases": list(change["phases"]), "epochs": sum(change["phases"])}
-        changes.update({key: overrides[key] for key in ("bias", "eta", "ibn") if key in overrides})
-        if "gamma" in overrides and config["conditions"][name]["wn"]:
-            changes["gamma"] = overrides["gamma"]
+        changes.update(_overrides(change["overrides"], config["conditions"][name]))
         for seed in change["seeds"]:
             yield _spec(config, "label_change", name, name, seed, **changes)
 
     trajectory = experiments["trajectory"]
     for name in trajectory["conditions"]:
         yield _spec(config, "trajectory", name, name, trajectory["seed"],
-                    snapshot_every=trajectory["snapshot_every"])
+                    snapshot_every=trajectory["snapshot_every"],
+                    **_overrides(trajectory["overrides"], config["conditions"][name]))
 
     terms = config["alignment_terms"]
     observer = {"alignment_terms": {
@@ -333,6 +348,21 @@ def _iter_specs(config: dict) -> Iterator[dict]:
     for seed in shadow["seeds"]:
         yield _spec(config, "shadow", name, name, seed, epochs=shadow["epochs"],
                     observers={"shadow": {"random_b_seed_offset": shadow["random_b_seed_offset"]}})
+
+    remainder = config["remainder"]
+    name = remainder["condition"]
+    observer = {"remainder": {"iterations": list(remainder["iterations"]), "every": remainder["every"]}}
+    for seed in remainder["seeds"]:
+        yield _spec(config, "remainder", name, name, seed, epochs=remainder["epochs"], reshuffle=False,
+                    observers=observer)
+
+
+def _overrides(overrides: dict, condition: dict) -> dict:
+    """An experiment's ``overrides`` of a condition's keys; ``gamma`` applies only where ``wn`` is on."""
+    changes = {key: overrides[key] for key in ("bias", "eta", "ibn") if key in overrides}
+    if "gamma" in overrides and condition["wn"]:
+        changes["gamma"] = overrides["gamma"]
+    return changes
 
 
 def _spec(config: dict, experiment: str, run_name: str, condition_name: str, seed: int, **changes) -> dict:

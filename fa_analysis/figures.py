@@ -45,7 +45,7 @@ PathLike = str | Path
 FIGURE_NAMES = (
     "open_loop", "open_loop_beta", "angle_W_Bt", "accuracy_loss", "alignment_terms_lag",
     "alignment_terms_time", "update_angle", "shadow_linearised", "shadow_random_b",
-    "trajectory_pca", "trajectory_umap", "label_noise", "label_change",
+    "trajectory_pca", "trajectory_umap", "label_noise", "label_change", "remainder", "similarity",
 )
 
 #: One colour per learning condition, the same in every figure (Okabe-Ito, colour-blind safe):
@@ -505,6 +505,102 @@ def plot_shadow_random_b(aggregated_dir: PathLike, out_stem: PathLike,
               "angle_WBprime_Bt": ("random_b_vs_B", r"same shadow vs real $B$: $\angle(W^{B'}_l, B_l^\top)$", "--")}
     return _shadow_figure(aggregated_dir, series, out_stem, formats,
                           "Real weights vs a shadow built with an unrelated random B′ (mean ± sd over seeds)")
+
+
+#: The remainder figure's rows: measure -> (row label, line label); the ratio row also shows the
+#: linear-sum difference (dashed) for contrast, on a log scale.
+REMAINDER_ROWS = {
+    "ratio_R_dW": (r"$\|R_l\| / \|\Delta W_l\|$ (%)", "remainder R (nonlinear terms, all lags)"),
+    "angle_R_Bt": (r"$\angle(R_l, B_l^\top)$ (degrees)", None),
+    "angle_zero_Bt": (r"$\angle(\mathrm{zero\ degree}, B_l^\top)$ (degrees)", None),
+}
+REMAINDER_COLOR = "#332288"
+LINEAR_SUM_COLOR = "#999999"
+
+
+def plot_remainder(aggregated_dir: PathLike, out_stem: PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """The remainder of the expansion and the zero-degree term vs iteration, per layer (SPEC 6).
+
+    ``aggregated_dir`` is ``aggregated/remainder/fa`` (its ``remainder.parquet``). Rows:
+    ``||R_l|| / ||Delta W_l||`` in percent (log scale; dashed: the same difference with the linear
+    terms, which keeps the f' nonlinearity and is not the remainder), ``angle(R_l, B_l^T)`` and
+    ``angle(zero-degree term, B_l^T)``. Points are the measured iterations, mean ± sd over seeds.
+    """
+    table = read_table(aggregated_dir, "remainder")
+    table = table[table["iteration"] > 0]  # at k = 0 R = 0 exactly: no ratio on a log scale, no angle
+    layers = sorted(table["layer"].unique())
+    fig, axes = _panels(len(REMAINDER_ROWS) * len(layers), ncols=len(layers), width=2.9, height=2.3, sharey="row")
+    axes = np.asarray(axes).reshape(len(REMAINDER_ROWS), len(layers))
+    for r, (measure, (ylabel, label)) in enumerate(REMAINDER_ROWS.items()):
+        scale = 100.0 if measure.startswith("ratio") else 1.0
+        for c, layer in enumerate(layers):
+            ax = axes[r, c]
+            part = table[table["layer"] == layer]
+            curve = measure_curve(part, measure)
+            plot_mean_sd(ax, curve["iteration"], scale * curve["mean"], scale * curve["sd"], color=REMAINDER_COLOR, label=label)
+            ax.plot(curve["iteration"], scale * curve["mean"], "o", color=REMAINDER_COLOR, markersize=2.2)
+            if measure == "ratio_R_dW":
+                linear = measure_curve(part, "ratio_Rlin_dW")
+                plot_mean_sd(ax, linear["iteration"], 100 * linear["mean"], 100 * linear["sd"], color=LINEAR_SUM_COLOR,
+                             linestyle="--", label="the same with the linear terms (not the remainder)")
+                ax.set_yscale("log")
+            else:
+                _chance_line(ax)
+            if r == 0:
+                ax.set_title(f"$W_{layer}$", fontsize="medium")
+            if r == len(REMAINDER_ROWS) - 1:
+                ax.set_xlabel("iteration k")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        axes[r, 0].set_ylabel(ylabel)
+    _legend_below(fig, [axes[0, 0]], ncol=2)
+    fig.suptitle("Remainder of the expansion of $\\Delta W_l$ and the zero-degree term (mean ± sd over seeds)")
+    return save_figure(fig, out_stem, formats)
+
+
+#: Similarity lines: label kind -> colour; within / between class -> line style.
+SIMILARITY_COLORS = {"true": "#117733", "permuted": "#999999"}
+SIMILARITY_STYLES = {"within": "-", "between": "--"}
+
+
+def plot_similarity(aggregated: Mapping[str, PathLike], out_stem: PathLike,
+                    formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Within- vs between-class means of ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` vs lag o (SPEC 6).
+
+    ``aggregated`` maps variant (or condition name ``fa_{variant}``) -> ``aggregated/terms/fa_{variant}``
+    (its ``terms_similarity.parquet``, and ``terms_lag.parquet`` for the analysed iterations k).
+    Rows: variant x k; columns: the layer l of ``W_l`` whose input ``L_{l-1}`` is compared. Green:
+    the true classes; grey: labels permuted within each minibatch (no class structure).
+    """
+    panels = []
+    for name, directory in aggregated.items():
+        variant = _variant(name)
+        similarity = read_table(directory, "terms_similarity")
+        lag_analysis = read_table(directory, "terms_lag")
+        for k in sorted(lag_analysis["iteration"].unique()):
+            lags = lag_analysis.loc[lag_analysis["iteration"] == k, "lag"].unique()  # not the over-time lags
+            panels.append((variant, k, similarity[(similarity["iteration"] == k) & similarity["lag"].isin(lags)]))
+    if not panels:
+        raise ValueError("no similarity at the lag-analysis iterations: are alignment_terms.iterations inside the runs?")
+    layers = sorted(set.intersection(*(set(part["layer"].unique()) for _, _, part in panels)))
+    # each layer's inputs have their own scale: panels share the y axis within a column
+    fig, axes = _panels(len(panels) * len(layers), ncols=len(layers), width=2.7, height=2.1, sharex=True, sharey="col")
+    axes = np.asarray(axes).reshape(len(panels), len(layers))
+    for r, (variant, k, part) in enumerate(panels):
+        for c, layer in enumerate(layers):
+            ax = axes[r, c]
+            for labels, color in SIMILARITY_COLORS.items():
+                for which, style in SIMILARITY_STYLES.items():
+                    curve = measure_curve(part, which, x="lag", layer=layer, labels=labels)
+                    plot_mean_sd(ax, curve["lag"], curve["mean"], curve["sd"], color=color, linestyle=style,
+                                 label=f"{which} class, {'true' if labels == 'true' else 'permuted'} labels", linewidth=1.1)
+            ax.set_title(f"{VARIANT_LABELS.get(variant, variant)}, k = {k}, $L_{layer - 1}$", fontsize="small")
+            if r == len(panels) - 1:
+                ax.set_xlabel("lag o (iterations)")
+            _integer_ticks(ax)
+        axes[r, 0].set_ylabel(r"mean of $L_{l-1}[k-o]\,L_{l-1}[k]^\top$")
+    _legend_below(fig, [axes[0, 0]], ncol=4)
+    fig.suptitle("Similarity of layer inputs k − o and k: within vs between classes (mean ± sd over seeds)")
+    return save_figure(fig, out_stem, formats)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ Beta sweep (SPEC section 7, extension). ``delta_2[k] = beta delta_2[k-1] + (1 - 
 with ``delta_2[0] = xi[0]`` and ``xi ~ N(0, 1)``, for each beta, with and without WN (gamma).
 What ``L_0`` does is the setting ``beta_sweep.input``:
 
-    autoregressive (default)  L_0 follows its own, independent recursion with the same beta, so
-                              beta = 0 is the "none" scenario and beta = 1 is "auto": the sweep
-                              grades the auto-correlation of both signals between the two;
-    fresh                     L_0 drawn fresh each iteration (then E[L_0[j] L_0[k]^T] = 0 for
-                              j != k, so M has zero mean whatever beta: a control);
-    fixed                     L_0 drawn once and held fixed (only delta_2's correlation varies).
+    fixed (default)   L_0 drawn once and held fixed, as in the study: only the error's
+                      auto-correlation is graded (beta = 1 is then the "auto" scenario);
+    autoregressive    L_0 follows its own, independent recursion with the same beta, so
+                      beta = 0 is the "none" scenario and beta = 1 is "auto": the sweep grades
+                      the auto-correlation of both signals between the two;
+    fresh             L_0 drawn fresh each iteration (then E[L_0[j] L_0[k]^T] = 0 for j != k,
+                      so M has zero mean whatever beta: a control).
 
 The recursion is the SPEC's as written: its stationary standard deviation is
 ``sqrt((1 - beta) / (1 + beta))`` (smaller signals for larger beta < 1); it is not renormalised.
@@ -126,7 +127,7 @@ class BetaSweepSettings:
 
     betas: tuple[float, ...]
     gamma: float
-    input: str = "autoregressive"
+    input: str = "fixed"
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "BetaSweepSettings":
@@ -141,7 +142,7 @@ class BetaSweepSettings:
             raise ValueError(f"open_loop.beta_sweep.betas must be numbers in [0, 1], got {list(betas)}")
         if not isinstance(sweep["gamma"], (int, float)) or not sweep["gamma"] > 0:
             raise ValueError(f"open_loop.beta_sweep.gamma must be a positive number, got {sweep['gamma']!r}")
-        mode = sweep.get("input", "autoregressive")
+        mode = sweep.get("input", "fixed")
         if mode not in BETA_SWEEP_INPUTS:
             raise ValueError(f"open_loop.beta_sweep.input must be one of {BETA_SWEEP_INPUTS}, got {mode!r}")
         return cls(betas=tuple(float(b) for b in betas), gamma=float(sweep["gamma"]), input=mode)

@@ -72,7 +72,7 @@ def write_run(root: Path, experiment: str, condition: str, seed: int, *, iterati
 
 def write_terms_tables(run_dir: Path, seed: int, *, iterations=(6, 30), max_lag=12, lags=(1, 10),
                        layers=(1, 2), num_iterations: int = 40) -> None:
-    """``terms_lag`` and ``terms_time`` in the alignment-terms observer's columns, seeded values."""
+    """``terms_lag``, ``terms_time`` and ``terms_similarity`` in the alignment-terms observer's columns, seeded values."""
     rng = np.random.default_rng(1000 + seed)
     lag_rows = [(k, l, o, kind) for k in iterations for l in layers for o in range(1, min(max_lag, k) + 1)
                 for kind in ("nonlinear", "linear")]
@@ -83,6 +83,27 @@ def write_terms_tables(run_dir: Path, seed: int, *, iterations=(6, 30), max_lag=
         table["angle"] = 90 - 40 * (table["lag"] % 10 == 0) + rng.normal(0, 5, len(table))
         table["norm"] = rng.uniform(0, 1, len(table))
         table.to_parquet(run_dir / f"{name}.parquet")
+    keys = sorted({(k, l, o) for k, l, o, _ in lag_rows + time_rows})
+    similarity = pd.DataFrame([(*key, labels) for key in keys for labels in ("true", "permuted")],
+                              columns=["iteration", "layer", "lag", "labels"])
+    similarity["between"] = 1.0 + rng.normal(0, 0.05, len(similarity))
+    similarity["within"] = similarity["between"] + np.where(similarity["labels"] == "true", 0.5, 0.0)
+    similarity.to_parquet(run_dir / "terms_similarity.parquet")
+
+
+def write_remainder_table(run_dir: Path, seed: int, *, iterations=(0, 6, 10, 20, 30), layers=(1, 2)) -> None:
+    """``remainder.parquet`` in the remainder observer's columns, seeded values (R = 0 at k = 0)."""
+    from fa_analysis.remainder import REMAINDER_COLUMNS
+
+    rng = np.random.default_rng(3000 + seed)
+    table = pd.DataFrame([(k, l) for k in iterations for l in layers], columns=["iteration", "layer"])
+    for column in REMAINDER_COLUMNS:
+        scale = 0.01 if column == "ratio_R_dW" else 1.0 if column.startswith("ratio") else 90.0
+        table[column] = scale * (1 + rng.normal(0, 0.05, len(table)))
+    first = table["iteration"] == 0
+    table.loc[first, ["ratio_R_dW", "ratio_Rlin_dW"]] = 0.0
+    table.loc[first, ["angle_R_Bt", "angle_Rlin_Bt", "angle_terms_Bt", "angle_linear_sum_Bt"]] = np.nan
+    table.to_parquet(run_dir / "remainder.parquet")
 
 
 def write_shadow_table(run_dir: Path, seed: int, *, iterations: int = 40, layers=(1, 2)) -> None:
@@ -92,7 +113,7 @@ def write_shadow_table(run_dir: Path, seed: int, *, iterations: int = 40, layers
     table = pd.DataFrame({"iteration": k.ravel(), "layer": l.ravel()})
     decay = 1 - np.exp(-table["iteration"] / 10)
     for column, drop in (("angle_W_Bt", 30), ("angle_Wlin_Bt", 40), ("angle_WBprime_Bprimet", 35),
-                         ("angle_WBprime_Bt", 0)):
+                         ("angle_WBprime_Bt", 0), ("angle_WBprimelin_Bprimet", 40)):
         table[column] = 90 - drop * decay + rng.normal(0, 2, len(table))
     table["rel_diff_Wlin_W"] = rng.uniform(0, 0.5, len(table))
     table.to_parquet(run_dir / "shadow.parquet")

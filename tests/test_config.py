@@ -128,9 +128,15 @@ def test_alignment_term_iterations_must_fit_the_run():
     raises_naming({"alignment_terms": {"iterations": [30]}}, "'alignment_terms.iterations'", "max_lag")
 
 
+def test_remainder_iterations_must_fit_the_run_and_measure_something():
+    raises_naming({"remainder": {"iterations": [66, 1800]}}, "'remainder.iterations'", "1800", "1800 iterations")
+    raises_naming({"remainder": {"iterations": [], "every": 0}}, "'remainder.iterations'", "every > 0")
+
+
 def test_alignment_terms_and_shadows_need_fa_without_wn():
     raises_naming({"alignment_terms": {"condition": "bp"}}, "'alignment_terms.condition'")
     raises_naming({"shadow": {"condition": "fa_wn"}}, "'shadow.condition'", "WN")
+    raises_naming({"remainder": {"condition": "fa_wn"}}, "'remainder.condition'", "WN")
 
 
 def test_command_line_strings_are_read_as_the_schema_types():
@@ -165,8 +171,9 @@ def test_one_spec_per_experiment_condition_seed(default_config, default_specs):
         + len(e["trajectory"]["conditions"])
         + len(default_config["alignment_terms"]["variants"]) * len(default_config["alignment_terms"]["seeds"])
         + len(default_config["shadow"]["seeds"])
+        + len(default_config["remainder"]["seeds"])
     )
-    assert len(default_specs) == expected == 247
+    assert len(default_specs) == expected == 257
     for (experiment, condition, seed), spec in default_specs.items():
         assert (spec["experiment"], spec["condition"], spec["seed"]) == (experiment, condition, seed)
 
@@ -199,6 +206,12 @@ def test_trajectory_runs_share_one_seed_and_take_snapshots(default_config, defau
     assert {spec["seed"] for spec in runs} == {default_config["experiments"]["trajectory"]["seed"]}
     assert {spec["condition"] for spec in runs} == {"bp", "fa", "bp_wn", "fa_wn"}
     assert all(spec["snapshot_every"] == 3 for spec in runs)
+    # the study's settings for the embedding: one eta for every method, BP+WN at gamma = 1
+    assert {spec["eta"] for spec in runs} == {5e-4}
+    by_condition = {spec["condition"]: spec for spec in runs}
+    assert by_condition["bp_wn"]["gamma"] == 1.0 and by_condition["fa_wn"]["gamma"] == 1.0
+    assert by_condition["bp"]["gamma"] is None and by_condition["fa_wn"]["ibn"]
+    assert default_specs[("main", "bp_wn", 0)]["gamma"] == 0.6 and default_specs[("main", "bp", 0)]["eta"] == 4e-4
     assert all(spec["snapshot_every"] == 0 for key, spec in default_specs.items() if key[0] == "main")
 
 
@@ -213,6 +226,9 @@ def test_terms_variants_and_shadow_carry_their_observers(default_specs):
     assert fixed["observers"]["alignment_terms"]["max_lag"] == 64
     shadow = default_specs[("shadow", "fa", 2)]
     assert shadow["epochs"] == 10 and set(shadow["observers"]) == {"shadow"}
+    remainder = default_specs[("remainder", "fa", 9)]
+    assert remainder["epochs"] == 30 and not remainder["reshuffle"] and not remainder["wn"]
+    assert remainder["observers"] == {"remainder": {"iterations": [66, 1260], "every": 60}}
 
 
 def test_label_noise_runs_and_levels(default_specs):
@@ -224,8 +240,8 @@ def test_editing_one_eta_changes_exactly_that_conditions_specs(default_config, d
     edited = copy.deepcopy(default_config)
     edited["conditions"]["bp_wn"]["eta"] = 1e-4
     changed = {key for key, spec in run_specs(validate(edited)).items() if spec != default_specs[key]}
-    # label_change overrides eta, so its bp_wn runs keep theirs.
-    assert changed == {key for key in default_specs if key[1] == "bp_wn" and key[0] != "label_change"}
+    # label_change and trajectory override eta, so their bp_wn runs keep theirs.
+    assert changed == {key for key in default_specs if key[1] == "bp_wn" and key[0] not in ("label_change", "trajectory")}
 
 
 def test_editing_open_loop_changes_no_spec(default_config, default_specs):
@@ -244,7 +260,7 @@ def test_check_config_counts_the_runs(capsys):
 
     assert main(["check-config", str(fa_config.DEFAULT_CONFIG_PATH)]) == 0
     out = capsys.readouterr().out
-    assert "247 training runs" in out and "terms: fa_fixed x30" in out
+    assert "257 training runs" in out and "terms: fa_fixed x30" in out and "remainder: fa x10" in out
 
 
 def test_check_config_names_the_bad_key(tmp_path, capsys):

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from fa_analysis import aggregate, figures  # noqa: E402
-from results_synthetic import write_run, write_shadow_table, write_terms_tables  # noqa: E402
+from results_synthetic import write_remainder_table, write_run, write_shadow_table, write_terms_tables  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -91,7 +91,7 @@ def aggregated(tmp_path_factory):
     for variant in ("fixed", "reshuffle", "wrong_labels"):
         runs = [write_run(root, "terms", f"fa_{variant}", seed) for seed in range(3)]
         for seed, run_dir in enumerate(runs):
-            write_terms_tables(run_dir, seed)
+            write_terms_tables(run_dir, seed, lags=(1, 10, 20))  # lag 20 > max_lag: over time only
         terms[variant] = root / "aggregated" / "terms" / f"fa_{variant}"
         aggregate.aggregate_condition(runs, terms[variant])
     runs = [write_run(root, "shadow", "fa", seed) for seed in range(3)]
@@ -99,8 +99,13 @@ def aggregated(tmp_path_factory):
         write_shadow_table(run_dir, seed)
     shadow = root / "aggregated" / "shadow" / "fa"
     aggregate.aggregate_condition(runs, shadow)
+    runs = [write_run(root, "remainder", "fa", seed) for seed in range(3)]
+    for seed, run_dir in enumerate(runs):
+        write_remainder_table(run_dir, seed)
+    remainder = root / "aggregated" / "remainder" / "fa"
+    aggregate.aggregate_condition(runs, remainder)
     return {"main": dirs, "label_change": change, "label_noise": noise, "terms": terms, "shadow": shadow,
-            "root": root}
+            "remainder": remainder, "root": root}
 
 
 def test_main_figures_write_png_and_pdf(aggregated, tmp_path):
@@ -123,6 +128,26 @@ def test_alignment_terms_figures_write_png_and_pdf(aggregated, tmp_path):
 def test_shadow_figures_write_png_and_pdf(aggregated, tmp_path):
     _assert_files(figures.plot_shadow_linearised(aggregated["shadow"], tmp_path / "shadow_linearised"))
     _assert_files(figures.plot_shadow_random_b(aggregated["shadow"], tmp_path / "shadow_random_b"))
+
+
+def test_remainder_and_similarity_figures_write_png_and_pdf(aggregated, tmp_path):
+    _assert_files(figures.plot_remainder(aggregated["remainder"], tmp_path / "remainder"))
+    _assert_files(figures.plot_similarity(aggregated["terms"], tmp_path / "similarity"))
+
+
+def test_similarity_figure_draws_the_lag_analysis_only(aggregated, tmp_path, monkeypatch):
+    """Rows variant x k of the lag analysis, one line per (labels, within/between), lags 1..max_lag."""
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
+    figures.plot_similarity(aggregated["terms"], tmp_path / "similarity")
+    axes = [ax for ax in captured["fig"].axes if ax.lines]
+    assert len(axes) == 3 * 2 * 2  # variants x k (6, 30) x layers
+    for ax in axes:
+        lines = [line for line in ax.lines if line.get_label() and not line.get_label().startswith("_")]
+        assert len(lines) == 4
+        k = int(ax.get_title().split("k = ")[1].split(",")[0])
+        assert max(max(line.get_xdata()) for line in lines) == min(12, k)  # not the over-time lag 10 beyond
+    plt.close(captured["fig"])
 
 
 def test_open_loop_figures_write_png_and_pdf(tmp_path):

@@ -30,7 +30,7 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 FIGURES = (
     "open_loop", "open_loop_beta", "angle_W_Bt", "accuracy_loss", "alignment_terms_lag",
     "alignment_terms_time", "update_angle", "shadow_linearised", "shadow_random_b",
-    "trajectory_pca", "trajectory_umap", "label_noise", "label_change",
+    "trajectory_pca", "trajectory_umap", "label_noise", "label_change", "remainder", "similarity",
 )
 # One thread per process: the machine running the tests is small and shared.
 THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
@@ -185,14 +185,21 @@ def test_editing_one_eta_reruns_exactly_that_conditions_jobs(smoke_run, workflow
 
     jobs = workflow.planned(workdir, configfile="edited.yaml")
 
-    # main and trajectory train fa_wn at its own eta; label_change overrides eta: untouched
-    assert training_runs(jobs["train"]) == {("main", "fa_wn", 0), ("main", "fa_wn", 1), ("trajectory", "fa_wn", 0)}
-    assert {str(Path(p).relative_to(Path(p).parents[2])) for p in jobs["aggregate"]} == {
-        "aggregated/main/fa_wn", "aggregated/trajectory/fa_wn"}
+    # main trains fa_wn at its own eta; label_change and trajectory override eta: untouched
+    assert training_runs(jobs["train"]) == {("main", "fa_wn", 0), ("main", "fa_wn", 1)}
+    assert {str(Path(p).relative_to(Path(p).parents[2])) for p in jobs["aggregate"]} == {"aggregated/main/fa_wn"}
     figures = {Path(p).stem for rule, outputs in jobs.items() if rule.startswith("figure_") for p in outputs}
-    assert figures == {"angle_W_Bt", "accuracy_loss", "update_angle", "trajectory_pca", "trajectory_umap"}
-    assert set(jobs) - {f"figure_{name}" for name in figures} == {
-        "train", "aggregate", "trajectory_pca", "trajectory_umap", "summary"}
+    assert figures == {"angle_W_Bt", "accuracy_loss", "update_angle"}
+    assert set(jobs) - {f"figure_{name}" for name in figures} == {"train", "aggregate", "summary"}
+
+    # the trajectory experiment's own override of gamma reaches exactly its WN runs
+    edited = fa_config.load_yaml(SMOKE_CONFIG)
+    edited["experiments"]["trajectory"]["overrides"] = {"eta": 5.0e-4, "gamma": 0.8}
+    (workdir / "trajectory.yaml").write_text(yaml.safe_dump(edited))
+    jobs = workflow.planned(workdir, configfile="trajectory.yaml")
+    assert training_runs(jobs["train"]) == {("trajectory", "bp_wn", 0), ("trajectory", "fa_wn", 0)}
+    figures = {Path(p).stem for rule, outputs in jobs.items() if rule.startswith("figure_") for p in outputs}
+    assert figures == {"trajectory_pca", "trajectory_umap"}
 
 
 @slow
@@ -278,7 +285,7 @@ def test_full_config_plans_one_training_job_per_run(tmp_path, workflow):
     result = workflow.run(workdir, "--dry-run", "--quiet", "rules", configfile=None, timeout=300)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     specs = fa_config.run_specs(fa_config.load_config(REPO / "config.yaml"))
-    assert int(counts["train"]) == len(specs) == 247
+    assert int(counts["train"]) == len(specs) == 257
     assert int(counts["aggregate"]) == sum(len(c) for c in fa_config.experiment_conditions(specs).values())
     print(f"\nfull DAG: {counts['total']} jobs, {counts['train']} training jobs")
 

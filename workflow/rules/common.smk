@@ -99,12 +99,48 @@ def train_inputs(wildcards):
     return inputs
 
 
+def history_steps_and_pairs(spec):
+    """(steps stored, past-step visits) of a run's whole-history sums (fa_analysis.history).
+
+    The random-B' shadow sums over every past step at every step; the remainder at the iterations
+    it measures. Both set the job's memory and time, which grow with the run's length.
+    """
+    K = spec["epochs"] * iterations_per_epoch(config)
+    observers = spec["observers"]
+    if "shadow" in observers:
+        return K - 1, K * (K - 1) // 2
+    if "remainder" in observers:
+        settings = observers["remainder"]
+        every = settings["every"]
+        measured = {k for k in settings["iterations"] if k < K} | (set(range(0, K, every)) if every else set())
+        return max(measured, default=0), sum(measured)
+    return 0, 0
+
+
+def network_scale(spec):
+    """Numbers per layer pair of the history, relative to the protocol's 225-50-50-50-50-50 network."""
+    sizes = spec["sizes"]
+    return sum(sizes[l - 1] * sizes[l] for l in range(1, len(sizes) - 1)) / 18750
+
+
 def train_runtime(wildcards):
     """Minutes a training job may take (SLURM's time limit): generous, from its iteration count."""
     spec = run_spec(wildcards)
     iterations = spec["epochs"] * iterations_per_epoch(config)
     per_1000 = 10 if spec["observers"] else 3  # the alignment terms cost more than the step
-    return 10 + per_1000 * iterations // 1000
+    _, pairs = history_steps_and_pairs(spec)
+    # a past-step visit costs about 2 ms on one core for the protocol's network; budget 5 ms
+    return 10 + per_1000 * iterations // 1000 + int(pairs * 0.005 * network_scale(spec) / 60)
+
+
+def train_mem_mb(wildcards):
+    """Memory of a training job: about 1 GB measured for the step, plus the whole-history sums'
+    150 kB per stored step for the protocol's network in float32 (twice in float64)."""
+    spec = run_spec(wildcards)
+    steps, _ = history_steps_and_pairs(spec)
+    itemsize = 8 if spec["dtype"] == "float64" else 4
+    history_mb = steps * 2 * 18750 * network_scale(spec) * itemsize / 1e6
+    return 4000 + int(1.5 * history_mb)
 
 
 def condition_runs(wildcards):

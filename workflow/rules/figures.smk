@@ -9,6 +9,7 @@ TERMS = {
     for variant in config["alignment_terms"]["variants"]
 }
 SHADOW = {"shadow": results(f"aggregated/shadow/{config['shadow']['condition']}")}
+REMAINDER = {"remainder": results(f"aggregated/remainder/{config['remainder']['condition']}")}
 NOISE_CONDITION = config["experiments"]["label_noise"]["conditions"][0]  # the figure shows the first
 
 FIGURE_INPUTS = {
@@ -28,9 +29,13 @@ FIGURE_INPUTS = {
     "alignment_terms_time": TERMS,
     # angle(dW^FA, dW^BP) per layer, causal moving average, FA vs FA+WN (paper Fig 8)
     "update_angle": aggregated("main", FA_MAIN),
+    # within- vs between-class similarity of layer inputs at the analysed lags, true vs permuted labels
+    "similarity": TERMS,
     # real vs linearised shadow weights (Fig 9); real vs random-B' shadow (Fig 10)
     "shadow_linearised": SHADOW,
     "shadow_random_b": SHADOW,
+    # the remainder of the expansion and the zero-degree term over iterations
+    "remainder": REMAINDER,
     # weight trajectories: joint PCA with the loss landscape, and UMAP
     "trajectory_pca": {"pca": results("embedding/trajectory_pca.npz")},
     "trajectory_umap": {"umap": results("embedding/trajectory_umap.parquet")},

@@ -18,7 +18,7 @@ rule train:
         results("benchmarks/train/{experiment}/{condition}/seed{seed}.tsv")
     threads: config["training"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=train_mem_mb,
         runtime=train_runtime,
     conda:
         ENV
