@@ -106,19 +106,42 @@ class TermHistory:
         ``sum_{o=1..k} T^o_l[k]``; with another feedback matrix in ``F`` it is the sum of the terms
         with that matrix in place of ``B_l``. Zero for an empty history.
         """
-        act = get_activation(activation)
         n_b = L_prev_now.shape[0]
-        weighted = torch.zeros((n_b, self.n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)
-        products = torch.empty((n_b, 2 * self.chunk * self.n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)
-        f_zeta = torch.empty((n_b, self.chunk, self.n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)
-        fprime_zeta = torch.empty_like(f_zeta)
+        like = dict(dtype=L_prev_now.dtype, device=L_prev_now.device)
+        weighted = torch.zeros((n_b, self.n_l), **like)  # sum_j f'(zeta_j) * C_j
+        work = torch.empty((2, n_b, self.chunk, self.n_l), **like)
+        weigh = _weigh_tanh_relu if activation == "tanh_relu" else _weigh_with(activation)
         for block in range(-(-self.length // self.chunk)):
             m = min(self.chunk, self.length - block * self.chunk)  # steps stored in this block
-            torch.matmul(L_prev_now, self.blocks[block].view(self.n_prev, -1), out=products)
-            both = products.view(n_b, 2, self.chunk, self.n_l)
-            zeta, C = both[:, 0, :m], both[:, 1, :m]
-            zeta.add_(b)
-            f = act.f(zeta, f_zeta[:, :m])
-            fprime = act.fprime(zeta, f, fprime_zeta[:, :m])
-            weighted.add_(fprime.mul_(C).sum(1))
+            past = self.blocks[block, :, :, :m].reshape(self.n_prev, 2 * m * self.n_l)  # a view unless m < chunk
+            both = (L_prev_now @ past).view(n_b, 2, m, self.n_l)
+            weighted.add_(weigh(both[:, 0], both[:, 1], b, work[:, :, :m]))
         return eta**2 * (weighted.T @ delta_next_now)
+
+
+def _weigh_with(activation: str):
+    """``sum_j f'(zeta_j) * C_j`` over a block for any activation, through its ``f`` and ``f'``."""
+    act = get_activation(activation)
+
+    def weigh(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor) -> Tensor:
+        zeta = zeta.add_(b)
+        fprime = act.fprime(zeta, act.f(zeta, work[0]), work[1])
+        return fprime.mul_(C).sum(1)
+
+    return weigh
+
+
+def _weigh_tanh_relu(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor) -> Tensor:
+    """``sum_j f'(zeta_j) * C_j`` for ``f = tanh(relu)``, ``f'(x) = 1[x>0] sech^2(x)``.
+
+    ``sech^2(x) = 1 - tanh^2(x) = 4 s (1 - s)`` with ``s = sigmoid(2x)``: the same function, in
+    passes over memory that are each as cheap as an addition (a vectorised sigmoid costs a
+    quarter of a tanh on CPUs without AVX-512). The step ``1[x>0]`` is ``sign(relu(x))``, exact
+    as in the engine.
+    """
+    x, mask = work[0], work[1]
+    torch.add(zeta, b, out=x).clamp_(min=0)  # relu(zeta)
+    torch.sign(x, out=mask)  # 1[zeta > 0]
+    s = torch.sigmoid(x.mul_(2), out=x)
+    s.addcmul_(s, s, value=-1).mul_(mask).mul_(C)  # s (1 - s) 1[zeta > 0] C
+    return s.sum(1).mul_(4)

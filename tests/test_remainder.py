@@ -21,10 +21,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # The history's sum of the nonlinear terms
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 16])
-def test_history_sum_equals_a_plain_loop_over_every_past_step(chunk):
+@pytest.mark.parametrize("chunk, activation", [(1, "tanh_relu"), (4, "tanh_relu"), (16, "tanh_relu"),
+                                               (4, "tanh"), (4, "relu"), (4, "sigmoid")])
+def test_history_sum_equals_a_plain_loop_over_every_past_step(chunk, activation):
+    """tanh_relu has its own fused form of f' (sigmoid-based); the others go through f and f'."""
     k = 22  # 22 = 5 full blocks of 4 and a partial one; less than one block of 16
-    run = synthetic_fa_run(iterations=k + 1, keep_history=True)
+    run = synthetic_fa_run(iterations=k + 1, keep_history=True, activation=activation)
     for l in (1, 2):
         history = TermHistory(run.net.sizes[l - 1], run.net.sizes[l], capacity=k, like=run.net.W[0], chunk=chunk)
         for j in range(k):

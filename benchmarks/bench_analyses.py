@@ -1,0 +1,173 @@
+"""Cost of the mechanism analyses next to the training step, at the protocol's settings.
+
+The step is the engine's FA step with every per-iteration metric (225-50-50-50-50-50, batch 1000,
+float32, random data of one epoch: the speed does not depend on the values). Beside it:
+
+- ``terms per step``: the alignment-terms observer at an ordinary iteration (lags 1, 60, 120
+  over time and the class similarity; config ``alignment_terms``), added to the step;
+- ``terms at a lag-analysis k``: the same observer at an iteration of the lag analysis (all 64 lags);
+- ``shadow per step``: the shadow observer's constant part (linearised and linear-B' shadows,
+  their angles, the B' past factor), i.e. its step at k = 1;
+- ``history sum at k``: the sum of the nonlinear terms over every past step, all four layers
+  (``history.TermHistory.terms_sum``), at k = 64, 600 (the shadow runs' last) and 1,740 (the
+  remainder runs' last measured k): milliseconds, per past step, and the history's memory;
+- ``shadow run`` / ``remainder run``: those analyses summed over a whole run of the protocol
+  (the random-B' shadow sums at every one of its 600 steps, the remainder at its measured k),
+  from the per-past-step cost, beside the run's training steps.
+
+Each timing is the median of ``--repeats`` blocks, the variants taking turns block by block.
+Run with one thread, as the training jobs do::
+
+    python benchmarks/bench_analyses.py                 # prints the table, writes benchmarks/out/bench_analyses.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import Problem  # noqa: E402
+
+from fa_analysis import train  # noqa: E402
+from fa_analysis.alignment_terms import AlignmentTermsObserver  # noqa: E402
+from fa_analysis.history import TermHistory, bytes_per_step  # noqa: E402
+from fa_analysis.remainder import RemainderSettings  # noqa: E402
+from fa_analysis.shadow import ShadowObserver  # noqa: E402
+
+TERMS = {"iterations": [66, 1260], "max_lag": 64, "lags_over_time": [1, 60, 120], "every": 1}
+SHADOW = {"random_b_seed_offset": 7919}
+SHADOW_STEPS = 600  # 10 epochs of 60 minibatches
+REMAINDER = RemainderSettings.from_dict({"iterations": [66, 1260], "every": 60})
+REMAINDER_STEPS = 1800  # 30 epochs
+
+
+class Driver:
+    """The engine's step on consecutive minibatches, handing each step's state to ``observers``."""
+
+    def __init__(self, problem: Problem, observers=(), capacity: int = 2000):
+        self.problem = problem
+        spec = problem.spec(observers={"alignment_terms": TERMS, "shadow": SHADOW})
+        device, dtype = torch.device(problem.device), getattr(torch, problem.dtype)
+        self.engine = train.Engine(spec, train.initial_network(spec, device, dtype), capacity, device, dtype)
+        self.observers = list(observers)
+        for observer in self.observers:
+            observer.start(self.engine.net, spec, capacity, device)
+        self.batches = itertools.cycle(range(len(problem.batches)))
+        self.labels = torch.randint(0, 10, (problem.X_epoch.shape[0],), generator=torch.Generator().manual_seed(3))
+        self.k = 0
+
+    def step(self) -> None:
+        i = next(self.batches)
+        batch = self.problem.batches[i]
+        engine, X, Y = self.engine, self.problem.X_epoch[batch], self.problem.Y_epoch[batch]
+        Z, L, E, delta, dW, db = engine.compute(self.k, X, Y)
+        if self.observers:
+            state = train.StepState(X=X, Y=Y, labels=self.labels[batch], batch_index=torch.arange(batch.start, batch.stop),
+                                    Z=Z, L=L, delta=delta, dW=dW, db=db, eta=self.problem.eta, fprime=engine.fprime)
+            for observer in self.observers:
+                observer.step(self.k, engine.net, state)
+        engine.apply()
+        self.k += 1
+
+
+def ms_per_call(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--block", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "bench_analyses.csv"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    problem = Problem()
+    problem.make_data()
+    sizes = problem.sizes
+    rows = []
+
+    def row(measurement, ms, step_ms=None, note=""):
+        rows.append({"measurement": measurement, "ms": round(ms, 3),
+                     "x_step": "" if step_ms is None else round(ms / step_ms, 2), "note": note})
+        print(f"{measurement:42s} {ms:10.2f} ms  {'' if step_ms is None else f'{ms / step_ms:8.2f} x step'}  {note}")
+
+    # --- per-step costs, interleaved: the step alone, with the terms observer, with the shadow's constant part
+    plain, terms = Driver(problem), Driver(problem, [AlignmentTermsObserver(TERMS)])
+    for _ in range(130):  # past the largest over-time lag, and past k = 66 (a lag-analysis k)
+        plain.step()
+        terms.step()
+    times = {"step": [], "terms": [], "shadow": []}
+    for _ in range(args.repeats):
+        times["step"].append(ms_per_call(plain.step, args.block))
+        times["terms"].append(ms_per_call(terms.step, args.block))
+        shadow = Driver(problem, [ShadowObserver(SHADOW)])
+        shadow.step()  # k = 0: nothing in the history yet
+        times["shadow"].append(ms_per_call(shadow.step, 1))  # k = 1: one past step, the constant part
+    step_ms = statistics.median(times["step"])
+    row("step (FA, every metric)", step_ms, step_ms)
+    row("step + alignment terms, ordinary k", statistics.median(times["terms"]), step_ms)
+    row("  alignment terms alone", statistics.median(times["terms"]) - step_ms, step_ms)
+    row("shadow per step (k = 1: constant part)", statistics.median(times["shadow"]), step_ms,
+        "includes the step")
+    lag_k = Driver(problem, [AlignmentTermsObserver({**TERMS, "iterations": [200]})])
+    for _ in range(200):
+        lag_k.step()
+    t_lag = ms_per_call(lag_k.step, 1) - step_ms  # k = 200: every lag 1..64 at once
+    row("alignment terms at a lag-analysis k", t_lag, step_ms, "64 lags")
+
+    # --- the history sum over every past step, all four layers
+    like = plain.engine.net.W[0]
+    state_L = [torch.rand(problem.batch_size, n, dtype=like.dtype) for n in sizes]
+    delta = [torch.randn(problem.batch_size, n, dtype=like.dtype) * 0.01 for n in sizes]
+    per_past_step = {}
+    for k in (64, SHADOW_STEPS, max(REMAINDER.measured(REMAINDER_STEPS))):
+        histories = {}
+        for l in range(1, len(sizes) - 1):
+            history = TermHistory(sizes[l - 1], sizes[l], k, like)
+            W, F = torch.randn(sizes[l - 1], sizes[l]) * 0.1, torch.randn(sizes[l - 1], sizes[l]) * 0.01
+            for _ in range(k):
+                history.push(W, F)
+            histories[l] = history
+
+        def summed():
+            for l, history in histories.items():
+                history.terms_sum(state_L[l - 1], delta[l + 1], plain.engine.net.b[l - 1], problem.eta, "tanh_relu")
+
+        t = statistics.median(ms_per_call(summed, 1) for _ in range(max(2, args.repeats // 2)))
+        per_past_step[k] = t / k
+        mb = bytes_per_step(sizes, like.element_size()) * k / 2**20
+        row(f"history sum at k = {k}", t, step_ms, f"{t / k:.3f} ms per past step; history {mb:.0f} MiB")
+        del histories
+
+    cost = per_past_step[SHADOW_STEPS]
+    shadow_run = cost * SHADOW_STEPS * (SHADOW_STEPS - 1) / 2 / 1e3
+    row("shadow run: history sums (s)", shadow_run * 1e3, None,
+        f"{shadow_run:.0f} s beside {SHADOW_STEPS * step_ms / 1e3:.1f} s of training steps")
+    measured = REMAINDER.measured(REMAINDER_STEPS)
+    remainder_run = per_past_step[max(measured)] * sum(measured) / 1e3
+    row("remainder run: history sums (s)", remainder_run * 1e3, None,
+        f"{remainder_run:.0f} s at {len(measured)} measured k, beside {REMAINDER_STEPS * step_ms / 1e3:.1f} s of steps")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["measurement", "ms", "x_step", "note"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
