@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from fa_analysis.history import fprime_times
 from fa_analysis.measures import angle_deg_batched
 from fa_analysis.network import get_activation
 
@@ -107,6 +108,32 @@ def nonlinear_term_from_past_factor(
     zeta = L_prev_now @ W_prev_past + b
     fprime_zeta = act.fprime(zeta, act.f(zeta, None), None)
     return eta**2 * ((fprime_zeta.mT * (G_past @ L_prev_now.T)) @ delta_next_now)
+
+
+def nonlinear_terms(
+    W_prev_past: Tensor,
+    F_past: Tensor,
+    L_prev_now: Tensor,
+    delta_next_now: Tensor,
+    b: Tensor,
+    eta: float,
+    activation: str,
+) -> Tensor:
+    """``T^o_l[k]`` for m lags at once, ``(m, n_l, n_{l+1})``, from ``W_{l-1}[k-o]`` and ``F = G_l[k-o]^T``, both ``(m, n_{l-1}, n_l)``.
+
+    The same numbers as :func:`nonlinear_term_from_past_factor` (``G_past = F_past.mT``), computed
+    the way the products run fastest: ``zeta^o`` and ``C^o = L_{l-1}[k] G_l[k-o]^T`` of every lag
+    are one product of ``L_{l-1}[k]`` with ``[W | F]`` side by side, ``f'(zeta^o) * C^o`` one
+    fused elementwise pass (``history.fprime_times``), and ``T^o = eta^2 (f'(zeta^o) * C^o)^T
+    delta_{l+1}[k]`` one product for all lags.
+    """
+    m, n_prev, n_l = W_prev_past.shape
+    n_b = L_prev_now.shape[0]
+    past = torch.stack([W_prev_past, F_past]).permute(2, 0, 1, 3).reshape(n_prev, 2 * m * n_l)
+    both = (L_prev_now @ past).view(n_b, 2, m, n_l)
+    work = torch.empty((2, n_b, m, n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)
+    weighted = fprime_times(both[:, 0], both[:, 1], b, work, activation)  # (n_b, m, n_l)
+    return eta**2 * (delta_next_now.T @ weighted.view(n_b, m * n_l)).view(-1, m, n_l).permute(1, 2, 0)
 
 
 def nonlinear_term(
@@ -230,7 +257,7 @@ class _History:
             return torch.zeros((capacity, *shape), dtype=like.dtype, device=like.device)
 
         self.capacity = capacity
-        self.G = buf(n_l, n_prev)  # past factor G_l[j]
+        self.F = buf(n_prev, n_l)  # past factor, transposed: G_l[j]^T = dW_{l-1}[j]
         self.W_prev = buf(n_prev, n_l)  # W_{l-1}[j]
         self.P = buf(n_prev, n_next)  # P_l[j]
         self.sums = buf(2, num_classes, n_prev)  # class sums of L_{l-1}[j]: true, permuted labels
@@ -239,9 +266,9 @@ class _History:
     def slot(self, j: int) -> int:
         return j % self.capacity
 
-    def push(self, j: int, G: Tensor, W_prev: Tensor, P: Tensor, sums: Tensor, counts: Tensor) -> None:
+    def push(self, j: int, F: Tensor, W_prev: Tensor, P: Tensor, sums: Tensor, counts: Tensor) -> None:
         s = self.slot(j)
-        self.G[s].copy_(G)
+        self.F[s].copy_(F)
         self.W_prev[s].copy_(W_prev)
         self.P[s].copy_(P)
         self.sums[s].copy_(sums)
@@ -308,7 +335,11 @@ class AlignmentTermsObserver:
                 raise ValueError(f"batch labels must lie in 0..{s.num_classes - 1} (alignment_terms.num_classes)")
             self._labels_checked = True
         permutation = torch.randperm(labels.shape[0], generator=self.permutation_generator).to(labels.device)
-        label_sets = (labels, labels[permutation])
+        # class membership of the batch's rows under the true and the permuted labels, (2, C, n_b):
+        # the class sums of every layer's input are then one product each
+        members = torch.nn.functional.one_hot(torch.stack([labels, labels[permutation]]), s.num_classes)
+        members = members.transpose(1, 2).to(state.L[0].dtype)
+        counts = members.sum(2)
         reach = min(k, self.capacity)  # lags whose past step is in the buffer
         over_time = k % s.every == 0
         time_lags = {o for o in s.lags_over_time if o <= reach} if over_time else set()
@@ -320,14 +351,14 @@ class AlignmentTermsObserver:
             L_prev, delta_next, B, b = state.L[l - 1], state.delta[l + 1], net.B[l], net.b[l - 1]
             Bt = B.T
             # G_l[k] = past_factor(L_{l-1}, f'(Z_l), delta_{l+1}, B_l) is the engine's dW_{l-1}^T (FA rule).
-            G = state.dW[l - 1].T
+            F = state.dW[l - 1]
             P = P_matrix(L_prev, delta_next)
-            sums, counts = (torch.stack(x) for x in zip(*(class_sums(L_prev, y, s.num_classes) for y in label_sets)))
+            sums = members @ L_prev  # (2, C, n_{l-1}): class_sums under both label sets
 
             if lags:
                 # every lag of this step at once: a leading lag axis on the buffered past
                 slots = [h.slot(k - o) for o in lags]
-                nonlinear = nonlinear_term_from_past_factor(h.G[slots], h.W_prev[slots], L_prev, delta_next, b, eta, self.activation)
+                nonlinear = nonlinear_terms(h.W_prev[slots], h.F[slots], L_prev, delta_next, b, eta, self.activation)
                 linear = linear_term(B, M_matrix(h.P[slots], P), eta)
                 T = torch.stack([nonlinear, linear], 1).flatten(0, 1)  # (lag, kind) pairs
                 values = torch.stack([angle_deg_batched(T, Bt.expand_as(T)), T.flatten(1).norm(dim=1).to(torch.float64)], 1)
@@ -341,7 +372,7 @@ class AlignmentTermsObserver:
                 keys = [(k, l, o, name) for o in lags for name in ("true", "permuted")]
                 self._record("similarity", keys, similarity.flatten(0, 1).to(torch.float64))
 
-            h.push(k, G, net.W[l - 1], P, sums, counts)
+            h.push(k, F, net.W[l - 1], P, sums, counts)
 
     def _record(self, table: str, keys: list[tuple], values: Tensor) -> None:
         """Rows of a table: one key tuple per row of ``values`` (kept on the device until ``finish``)."""

@@ -110,38 +110,29 @@ class TermHistory:
         like = dict(dtype=L_prev_now.dtype, device=L_prev_now.device)
         weighted = torch.zeros((n_b, self.n_l), **like)  # sum_j f'(zeta_j) * C_j
         work = torch.empty((2, n_b, self.chunk, self.n_l), **like)
-        weigh = _weigh_tanh_relu if activation == "tanh_relu" else _weigh_with(activation)
         for block in range(-(-self.length // self.chunk)):
             m = min(self.chunk, self.length - block * self.chunk)  # steps stored in this block
             past = self.blocks[block, :, :, :m].reshape(self.n_prev, 2 * m * self.n_l)  # a view unless m < chunk
             both = (L_prev_now @ past).view(n_b, 2, m, self.n_l)
-            weighted.add_(weigh(both[:, 0], both[:, 1], b, work[:, :, :m]))
+            weighted.add_(fprime_times(both[:, 0], both[:, 1], b, work[:, :, :m], activation).sum(1))
         return eta**2 * (weighted.T @ delta_next_now)
 
 
-def _weigh_with(activation: str):
-    """``sum_j f'(zeta_j) * C_j`` over a block for any activation, through its ``f`` and ``f'``."""
-    act = get_activation(activation)
+def fprime_times(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor, activation: str) -> Tensor:
+    """``f'(zeta + b) * C`` for ``zeta``, ``C`` of one shape ``(n_b, m, n_l)``, in ``work[1]`` (``work``: ``(2, n_b, m, n_l)``).
 
-    def weigh(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor) -> Tensor:
-        zeta = zeta.add_(b)
-        fprime = act.fprime(zeta, act.f(zeta, work[0]), work[1])
-        return fprime.mul_(C).sum(1)
-
-    return weigh
-
-
-def _weigh_tanh_relu(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor) -> Tensor:
-    """``sum_j f'(zeta_j) * C_j`` for ``f = tanh(relu)``, ``f'(x) = 1[x>0] sech^2(x)``.
-
-    ``sech^2(x) = 1 - tanh^2(x) = 4 s (1 - s)`` with ``s = sigmoid(2x)``: the same function, in
-    passes over memory that are each as cheap as an addition (a vectorised sigmoid costs a
-    quarter of a tanh on CPUs without AVX-512). The step ``1[x>0]`` is ``sign(relu(x))``, exact
+    Overwrites ``zeta``'s memory only for activations other than ``tanh_relu``, which has a
+    fused form: ``sech^2(x) = 1 - tanh^2(x) = 4 s (1 - s)`` with ``s = sigmoid(2x)``, the same
+    function in passes over memory that each cost about an addition (a vectorised sigmoid costs a
+    quarter of a tanh on CPUs without AVX-512); the step ``1[x > 0]`` is ``sign(relu(x))``, exact
     as in the engine.
     """
-    x, mask = work[0], work[1]
-    torch.add(zeta, b, out=x).clamp_(min=0)  # relu(zeta)
-    torch.sign(x, out=mask)  # 1[zeta > 0]
-    s = torch.sigmoid(x.mul_(2), out=x)
-    s.addcmul_(s, s, value=-1).mul_(mask).mul_(C)  # s (1 - s) 1[zeta > 0] C
-    return s.sum(1).mul_(4)
+    if activation == "tanh_relu":
+        x, out = work[0], work[1]
+        torch.add(zeta, b, out=x).clamp_(min=0)  # relu(zeta + b)
+        torch.sign(x, out=out)  # 1[zeta + b > 0]
+        s = torch.sigmoid(x.mul_(2), out=x)
+        return out.mul_(s.addcmul_(s, s, value=-1)).mul_(C).mul_(4)  # 4 s (1 - s) 1[.] C
+    act = get_activation(activation)
+    zeta = zeta.add_(b)
+    return act.fprime(zeta, act.f(zeta, work[0]), work[1]).mul_(C)

@@ -44,6 +44,18 @@ def test_with_a_linear_activation_the_nonlinear_and_linear_terms_coincide():
     assert not torch.allclose(bent, linear)  # the f' factors matter otherwise
 
 
+@pytest.mark.parametrize("activation", ["tanh_relu", "tanh", "relu", "sigmoid", "linear"])
+def test_batched_terms_over_lags_equal_the_plain_formula_lag_by_lag(activation):
+    m, n_b, n_prev, n_l, n_next, eta = 5, 30, 7, 6, 4, 0.02
+    W_past, F_past = randn(m, n_prev, n_l, seed=1), 0.3 * randn(m, n_prev, n_l, seed=2)
+    L_now, delta_now, b = randn(n_b, n_prev, seed=3), randn(n_b, n_next, seed=4), randn(n_l, seed=5)
+    batched = at.nonlinear_terms(W_past, F_past, L_now, delta_now, b, eta, activation)
+    assert batched.shape == (m, n_l, n_next)
+    for o in range(m):
+        plain = at.nonlinear_term_from_past_factor(F_past[o].T, W_past[o], L_now, delta_now, b, eta, activation)
+        assert torch.allclose(batched[o], plain, rtol=1e-12, atol=1e-15), (activation, o)
+
+
 def test_skew_symmetric_part_of_M_gives_a_term_orthogonal_to_Bt():
     B, eta = randn(6, 9, seed=1), 0.1
     A = randn(6, 6, seed=2)
@@ -99,6 +111,7 @@ def test_lag_table_matches_terms_computed_from_the_full_history():
     k = 30
     run = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], iterations=k + 1, keep_history=True)
     lag = run.frames["terms_lag"].set_index(["iteration", "layer", "lag", "kind"])
+    similarity = run.frames["terms_similarity"].set_index(["iteration", "layer", "lag", "labels"])
     steps, now, eta, act = run.steps, run.steps[k], run.spec.eta, run.spec.activation
     for l in (1, 2):
         B = run.net.B[l]
@@ -108,6 +121,10 @@ def test_lag_table_matches_terms_computed_from_the_full_history():
                                   now.L[l - 1], now.delta[l + 1], now.b[l - 1], B, eta, act)
             assert lag.loc[(k, l, o, "nonlinear"), "angle"] == pytest.approx(angle_deg(T, B.T).item(), abs=1e-8)
             assert lag.loc[(k, l, o, "nonlinear"), "norm"] == pytest.approx(T.norm().item(), rel=1e-9)
+            within, between = at.class_similarity(past.L[l - 1], past.labels, now.L[l - 1], now.labels)
+            row = similarity.loc[(k, l, o, "true")]
+            assert row["within"] == pytest.approx(within.item(), rel=1e-12)
+            assert row["between"] == pytest.approx(between.item(), rel=1e-12)
 
 
 def test_tables_cover_the_requested_iterations_lags_and_layers():
@@ -200,5 +217,5 @@ def test_memory_holds_only_the_lags_needed():
     observer = at.AlignmentTermsObserver(SETTINGS)
     synthetic_fa_run([observer], iterations=200)
     assert observer.capacity == 12  # max(max_lag, lags_over_time), whatever the run length
-    assert all(h.G.shape[0] == 12 for h in observer.history.values())
+    assert all(h.F.shape[0] == 12 for h in observer.history.values())
     assert not math.isnan(observer.history[1].P.sum().item())
