@@ -1,0 +1,36 @@
+"""The protocol cost table (benchmarks/cost_table.py) from synthetic benchmark files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def write(path: Path, wall: float, rss: float, cpu: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + f"{wall}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t90\t{cpu}\n")
+
+
+def test_costs_per_rule_and_experiment_with_shares_and_profile_resources(tmp_path):
+    bench = tmp_path / "results" / "benchmarks"
+    write(bench / "train" / "main" / "fa" / "seed0.tsv", 100, 900, "90")
+    write(bench / "train" / "main" / "fa" / "seed1.tsv", 120, 1000, "110")
+    write(bench / "train" / "shadow" / "fa" / "seed0.tsv", 600, 1200, "600")
+    write(bench / "open_loop" / "auto.tsv", 10, 500, "NA")  # too short to measure: counted as 0
+    log = tmp_path / "run.log"
+    log.write_text("[Mon Nov 30 10:00:00 2026]\nJob 1\n[Mon Nov 30 10:42:30 2026]\nFinished\n")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cost_table.py"), str(tmp_path / "results"),
+                             "--log", str(log), "--markdown", str(tmp_path / "cost.md")],
+                            capture_output=True, text=True, check=True)
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")): line for line in result.stdout.splitlines()
+             if line.startswith("|")}
+    rows = {key[:2]: key for key in lines}
+    assert rows[("train", "(all)")][2:] == ("3", "800", "820", "1,200", "100.0 %")
+    assert rows[("", "shadow")][2:] == ("1", "600", "600", "1,200", "75.0 %")
+    assert rows[("", "main")][2:] == ("2", "200", "220", "1,000", "25.0 %")
+    assert rows[("open_loop", "(all)")][2] == "1"
+    assert "run wall time 42.5 min" in result.stdout
+    assert ("train", "1800", "15") in lines  # 1,200 MB x 1.5; the longest job 600 s x 1.5 = 15 min
+    assert (tmp_path / "cost.md").read_text().strip() == result.stdout.strip()
