@@ -107,15 +107,23 @@ class TermHistory:
         with that matrix in place of ``B_l``. Zero for an empty history.
         """
         n_b = L_prev_now.shape[0]
-        like = dict(dtype=L_prev_now.dtype, device=L_prev_now.device)
-        weighted = torch.zeros((n_b, self.n_l), **like)  # sum_j f'(zeta_j) * C_j
-        work = torch.empty((2, n_b, self.chunk, self.n_l), **like)
+        products, work = self._buffers(n_b)
+        weighted = torch.zeros((n_b, self.n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)  # sum_j f'(zeta_j) C_j
         for block in range(-(-self.length // self.chunk)):
             m = min(self.chunk, self.length - block * self.chunk)  # steps stored in this block
             past = self.blocks[block, :, :, :m].reshape(self.n_prev, 2 * m * self.n_l)  # a view unless m < chunk
-            both = (L_prev_now @ past).view(n_b, 2, m, self.n_l)
+            both = torch.matmul(L_prev_now, past, out=products[: n_b * 2 * m * self.n_l].view(n_b, -1))
+            both = both.view(n_b, 2, m, self.n_l)
             weighted.add_(fprime_times(both[:, 0], both[:, 1], b, work[:, :, :m], activation).sum(1))
         return eta**2 * (weighted.T @ delta_next_now)
+
+    def _buffers(self, n_b: int) -> tuple[Tensor, Tensor]:
+        """Memory for one block's products and ``f'`` passes, made once per batch size and reused."""
+        if getattr(self, "_work", None) is None or self._work.shape[1] != n_b:
+            like = dict(dtype=self.blocks.dtype, device=self.blocks.device)
+            self._products = torch.empty(n_b * 2 * self.chunk * self.n_l, **like)
+            self._work = torch.empty((2, n_b, self.chunk, self.n_l), **like)
+        return self._products, self._work
 
 
 def fprime_times(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor, activation: str) -> Tensor:
