@@ -1,9 +1,9 @@
 """The validated configuration and the run specs it expands into (docs/design.md, "Run specs").
 
 ``validate`` completes a config with the schema's defaults and checks it: first the JSON schema
-(``workflow/schemas/config.schema.yaml``: types, ranges, enums, no unknown keys), then the rules
-across fields that a schema cannot say well (``check_config``). Every error names the key and the
-fix, and all of it happens before any job runs.
+(``fa_analysis/schemas/config.schema.yaml``, shipped with the package: types, ranges, enums, no
+unknown keys), then the rules across fields that a schema cannot say well (``check_config``).
+Every error names the key and the fix, and all of it happens before any job runs.
 
 ``run_specs`` expands a validated config into one plain dict per training job, keyed by
 ``(experiment, condition, seed)``. The workflow passes exactly that dict as the job's ``params``, so
@@ -23,8 +23,10 @@ import jsonschema
 import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+#: The config schema, package data: its defaults are the protocol, equal to config.yaml's values.
+SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
+#: The checkout's config.yaml (absent from an installed wheel; ``load_config()`` does not need it).
 REPO_ROOT = PACKAGE_DIR.parent
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
 
 MNIST_TRAIN_SIZE = 60_000
@@ -71,13 +73,14 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG_PATH, schema_path: str | Path = SCHEMA_PATH) -> dict:
+def load_config(path: str | Path | None = None, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Read, complete and check a config file: the dict every other function here takes.
 
     The file is completed by the schema's defaults (which are config.yaml's values); unlike
-    ``snakemake --configfile``, it is not merged key by key into config.yaml first.
+    ``snakemake --configfile``, it is not merged key by key into config.yaml first. Without a
+    path, the result is the defaults alone: the full protocol, read from the package's schema.
     """
-    return validate(load_yaml(path), schema_path)
+    return validate({} if path is None else load_yaml(path), schema_path)
 
 
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
