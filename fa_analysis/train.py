@@ -777,12 +777,15 @@ def _weights_dict(net: Network, when: str) -> dict[str, np.ndarray]:
 
 
 def _log_epoch(log, spec: RunSpec, epoch: int, loss_x2: Tensor, n_batches: int, evaluation: dict, net: Network, rate: float) -> None:
-    train_loss = 0.5 * loss_x2[(epoch - 1) * n_batches : epoch * n_batches].mean().item() if epoch else math.nan
+    train_loss, rate_text = "-", "-"  # before the first step there is neither a training loss nor a rate
+    if epoch:
+        train_loss = f"{0.5 * loss_x2[(epoch - 1) * n_batches : epoch * n_batches].mean().item():.2f}"
+        rate_text = f"{rate:.1f}"
     angles = " ".join(f"{angle_deg(net.W[l], net.B[l].T).item():.1f}" for l in range(1, net.d))
     log(
-        f"[{spec.name}] epoch {epoch}/{spec.epochs} train_loss {train_loss:.2f} "
+        f"[{spec.name}] epoch {epoch}/{spec.epochs} train_loss {train_loss} "
         f"test_acc {evaluation['test_accuracy']:.4f} test_loss {evaluation['test_loss']:.3f} "
-        f"angle(W_l,B_l^T) {angles} | {rate:.1f} it/s"
+        f"angle(W_l,B_l^T) {angles} | {rate_text} it/s"
     )
 
 
