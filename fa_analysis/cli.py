@@ -6,6 +6,10 @@ no science. The same jobs can be run by hand, e.g. one training run of a config:
 
     fa-analysis check-config config.yaml
     fa-analysis train config.yaml main/fa/0 --dataset results/data/mnist15.npz --out /tmp/fa0
+
+or one run of the protocol without the workflow, its data prepared from MNIST on the way::
+
+    fa-analysis train --condition fa --seed 3 --epochs 5 --out /tmp/fa3 --mnist-root /data/mnist
 """
 
 from __future__ import annotations
@@ -201,8 +205,25 @@ def _figure_inputs(name: str, inputs: dict[str, str]):
 # The command line
 
 
+EXAMPLES = """examples:
+  fa-analysis check-config config.yaml      validate a config, count its training runs
+  fa-analysis specs config.yaml             the run spec of every training job, as JSON lines
+  fa-analysis train --condition fa --seed 3 --epochs 5 --out runs/fa3 --mnist-root /data/mnist
+                                            one run of config.yaml's protocol (or --config FILE),
+                                            the data prepared from MNIST on the way
+  fa-analysis train config.yaml main/fa/0 --dataset results/data/mnist15.npz --out /tmp/fa0
+                                            one training job of the workflow, from its prepared data
+
+From Python: fa_analysis.train_one(...), fa_analysis.load_results("results") (README, "From Python").
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fa-analysis", description=__doc__.splitlines()[0])
+    from fa_analysis import __version__
+
+    parser = argparse.ArgumentParser(prog="fa-analysis", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check-config", help="validate a config and count its training runs")
@@ -211,15 +232,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs = commands.add_parser("specs", help="print the run specs of a config as JSON lines")
     specs.add_argument("config", nargs="?", default="config.yaml")
 
-    one = commands.add_parser("train", help="run one training job of a config by hand")
-    one.add_argument("config")
-    one.add_argument("run", help="experiment/condition/seed, e.g. main/fa/0")
-    one.add_argument("--dataset", required=True, help="the prepared data set (results/data/mnist15.npz)")
+    one = commands.add_parser("train", help="run one training job of a config by hand", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    one.add_argument("config", nargs="?", help="the config of the workflow's run")
+    one.add_argument("run", nargs="?", help="experiment/condition/seed, e.g. main/fa/0")
+    one.add_argument("--dataset", help="the prepared data set (results/data/mnist15.npz)")
     one.add_argument("--labels", help="noisy labels, for runs with label noise")
     one.add_argument("--out", required=True, help="the run directory to create")
     one.add_argument("--threads", type=int, default=1)
+    add_one_off_options(one)
 
     args = parser.parse_args(argv)
+    if args.command == "train" and args.run is None:
+        return train_one_off(one, args)
+    if args.command == "train":
+        check_workflow_form(one, args)
     from fa_analysis.config import ConfigError, experiment_conditions, load_config, run_specs
 
     try:
@@ -244,6 +271,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         train_job(runs[key], args.threads, args.dataset, args.labels, args.out)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# One run by hand, outside the workflow: no run id, no prepared data set
+
+
+def add_one_off_options(parser: argparse.ArgumentParser) -> None:
+    """``train --condition ... --seed ...``: one run of a config's protocol, its data prepared on the way."""
+    group = parser.add_argument_group("one run without the workflow (when RUN is not given)")
+    group.add_argument("--config", dest="config_file", metavar="CONFIG",
+                       help="a config file (default: the protocol of config.yaml, from the package's schema)")
+    group.add_argument("--experiment", help="the experiment the run belongs to (default: main)")
+    group.add_argument("--condition", help="a condition of that experiment (default: fa)")
+    group.add_argument("--seed", type=int, help="the run seed (default: 0)")
+    group.add_argument("--epochs", type=int, help="epochs to train (default: the config's)")
+    group.add_argument("--mnist-root", help="MNIST in torchvision's layout, {root}/MNIST/raw (default: data.root)")
+    group.add_argument("--train-subset", type=int, help="train on the first N training images only")
+    group.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
+
+
+ONE_OFF_OPTIONS = ("config_file", "experiment", "condition", "seed", "epochs", "mnist_root", "train_subset", "test_subset")
+
+
+def check_workflow_form(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``train CONFIG RUN`` takes the prepared data set and none of the one-off options."""
+    if args.dataset is None:
+        parser.error("train CONFIG RUN needs --dataset (the prepared data set); without RUN, "
+                     "train --condition ... --seed ... prepares the data itself")
+    given = [f"--{name.removesuffix('_file').replace('_', '-')}" for name in ONE_OFF_OPTIONS if getattr(args, name) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} belong to the form without RUN; RUN ({args.run}) already names the run")
+
+
+def train_one_off(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """One run with ``api.train_one``, written to ``--out``; prints where it is and how it ended."""
+    from fa_analysis.api import train_one
+    from fa_analysis.config import ConfigError
+
+    if args.config and args.config_file:
+        parser.error(f"two configs given ({args.config} and --config {args.config_file}): give one")
+    config_path = args.config_file or args.config
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        result = train_one(
+            config_path, experiment=args.experiment or "main", condition=args.condition or "fa",
+            seed=args.seed if args.seed is not None else 0, epochs=args.epochs,
+            mnist_root=args.mnist_root, train_subset=args.train_subset, test_subset=args.test_subset,
+            out_dir=args.out, threads=args.threads, log=log.info,
+        )
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"fa-analysis train: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.run_dir}: {result.status}, final test accuracy {result.final_test_accuracy:.4f}")
+    return 0 if result.status == "completed" else 1
 
 
 if __name__ == "__main__":

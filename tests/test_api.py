@@ -1,5 +1,5 @@
-"""The Python API (fa_analysis.api): README example, equivalence with the workflow's training job,
-tidy tables of a results folder, errors that name the fix."""
+"""The Python API (fa_analysis.api) and the one-off ``fa-analysis train``: README example, equivalence
+with the workflow's training job, tidy tables of a results folder, errors that name the fix."""
 
 from __future__ import annotations
 
@@ -296,3 +296,50 @@ def test_importing_the_package_stays_light():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "load_results" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fa-analysis {fa_analysis.__version__}"
+
+
+def test_help_shows_examples(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "fa-analysis train --condition fa --seed 3 --epochs 5" in out
+
+
+def test_one_off_train_and_the_workflow_form_give_the_same_run(smoke_data, mnist_root, tmp_path, one_torch_thread):
+    """``train --condition --seed --epochs --out`` prepares its data; ``train CONFIG RUN --dataset`` reads it."""
+    _, prepared, _ = smoke_data
+    one_off = tmp_path / "one_off"
+    assert cli.main(["train", "--config", str(SMOKE_CONFIG), "--condition", "fa", "--seed", "1", "--epochs", "2",
+                     "--out", str(one_off), "--mnist-root", str(mnist_root)]) == 0
+    first = load_run(one_off)
+    assert (first.spec["experiment"], first.spec["condition"], first.spec["seed"], first.spec["epochs"]) == ("main", "fa", 1, 2)
+    assert len(first.metrics) == 2 * 30  # 3,000 training images of the smoke config, minibatches of 100
+
+    workflow_form = tmp_path / "workflow_form"
+    assert cli.main(["train", str(SMOKE_CONFIG), "main/fa/1", "--dataset", str(prepared), "--out", str(workflow_form)]) == 0
+    job = load_run(workflow_form)
+    assert job.spec["epochs"] == 3
+    pd.testing.assert_frame_equal(first.metrics, job.metrics.iloc[: len(first.metrics)])
+
+
+def test_command_line_errors_name_the_fix(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", str(SMOKE_CONFIG), "main/fa/0", "--out", str(tmp_path / "x")])
+    assert exited.value.code == 2 and "needs --dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", str(SMOKE_CONFIG), "main/fa/0", "--dataset", "d.npz", "--out", "x", "--seed", "3"])
+    assert "--seed belong to the form without RUN" in capsys.readouterr().err
+    assert cli.main(["train", "--condition", "nope", "--out", str(tmp_path / "y"), "--mnist-root", str(tmp_path)]) == 2
+    assert "no run main/nope" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
