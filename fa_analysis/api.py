@@ -238,7 +238,7 @@ def prepared_mnist(root: PathLike, download: bool, image_size: int = 15, train_s
     """MNIST prepared as the workflow's data stage prepares it (method §4), kept in memory.
 
     The data stage's own function writes the prepared set to a temporary file that is read back
-    at once, so the two cannot differ. The last few sets are cached for the session.
+    at once, so the two cannot differ. The last few sets stay cached while Python runs.
     """
     from fa_analysis import data
 
@@ -431,7 +431,7 @@ class Results:
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers
+# Selections and readers
 
 
 def _as_list(selection: Selection) -> list:
