@@ -127,8 +127,9 @@ def train_one(
     """Train one run of ``experiment``/``condition`` with ``seed`` and return its tables.
 
     ``config`` is a config-like dict (any part of config.yaml's sections, e.g.
-    ``{"data": {"train_subset": 5000}}``), the path of a YAML config, or None; whatever it lacks
-    comes from the schema's defaults, which are the protocol of config.yaml. ``experiment`` and
+    ``{"training": {"batch_size": 100}}`` or a new entry of ``conditions``), merged key by key
+    into the protocol of config.yaml (the schema's defaults); or the path of a YAML config,
+    completed by those defaults as ``config.load_config`` does; or None, the protocol itself. ``experiment`` and
     ``condition`` name a run of that config as the results folder does (``main``/``fa``,
     ``terms``/``fa_fixed``, ``label_noise``/``fa_p40``, ``shadow``/``fa``, ...); the run spec is
     the workflow's (``config.run_specs``) with ``seed`` in place of the config's seeds. A condition
@@ -193,7 +194,18 @@ def _config(config: Mapping[str, Any] | PathLike | None) -> dict:
         return fa_config.load_config(config)
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a dict of config.yaml's sections, a YAML path or None, not {type(config).__name__}")
-    return fa_config.validate(copy.deepcopy(dict(config)))
+    return fa_config.validate(_merged(fa_config.load_config(), config))
+
+
+def _merged(base: dict, changes: Mapping[str, Any]) -> dict:
+    """``changes`` merged key by key into a copy of ``base``: mappings merge, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _run_spec(cfg: dict, experiment: str, condition: str, seed: int, epochs: int | None,

@@ -272,6 +272,18 @@ def test_train_one_writes_a_run_directory_only_when_asked(smoke_data, tmp_path, 
     pd.testing.assert_frame_equal(load_run(tmp_path / "kept").metrics, run.metrics)
 
 
+def test_train_one_merges_a_config_like_dict_into_the_protocol(smoke_data, one_torch_thread):
+    """A new condition beside the protocol's five, trained as a main run; the protocol's keys stay."""
+    _, prepared, _ = smoke_data
+    config = {"conditions": {"dfa": {"rule": "dfa", "eta": 2e-4}}, "training": {"batch_size": 500}}
+    run = train_one(config, condition="dfa", seed=4, epochs=1, dataset=prepared, log=None)
+    assert (run.spec["rule"], run.spec["eta"], run.spec["batch_size"], run.spec["epochs"]) == ("dfa", 2e-4, 500, 1)
+    assert run.spec["sizes"] == [225, 50, 50, 50, 50, 50] and run.spec["experiment"] == "main"
+    assert len(run.metrics) == 6 and {"angle_dWfa_dWbp_1", "angle_W_Bt_1"} <= set(run.metrics.columns)
+    # the output layer's update is the same under every rule (float32 arccos resolves about 0.03 degrees near 0)
+    assert run.metrics["angle_dWfa_dWbp_4"].abs().max() < 0.1
+
+
 def test_train_one_errors_name_the_fix(smoke_data):
     _, prepared, _ = smoke_data
     with pytest.raises(TypeError, match=r"unknown run-spec field\(s\) \['learning_rate'\].*'eta'"):
@@ -281,7 +293,7 @@ def test_train_one_errors_name_the_fix(smoke_data):
     with pytest.raises(ValueError, match=r"phases \[100, 100\]: pass phases="):
         train_one(dataset=prepared, experiment="label_change", condition="fa", epochs=3)
     with pytest.raises(fa_config.ConfigError, match="conditions.fa.gamma"):
-        train_one({"conditions": {"fa": {"rule": "fa", "eta": 1e-3, "gamma": 1.0}}}, dataset=prepared)
+        train_one({"conditions": {"fa": {"gamma": 1.0}}}, dataset=prepared)
     with pytest.raises(ValueError, match="gamma .* when wn is true"):
         train_one(dataset=prepared, epochs=1, wn=True)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
