@@ -3,7 +3,7 @@
 One module per concept: ``data`` (MNIST, codes, label shuffling), ``network`` (forward pass and
 the learning rules), ``normalization`` (WN, IBN), ``measures`` (angles), ``train`` (the training
 loop and its per-iteration metrics), ``artifacts`` (atomic, self-describing outputs),
-``alignment_terms`` and ``shadow`` (SPEC section 6), ``open_loop`` (section 7), ``aggregate``,
+``alignment_terms`` and ``shadow`` (method §6), ``open_loop`` (section 7), ``aggregate``,
 ``embedding`` and ``figures`` (sections 8 and 9).
 
 From Python (``api``, imported on first use so that ``import fa_analysis`` stays light):

@@ -53,7 +53,7 @@ def job_log(path: str | Path) -> Iterator[None]:
 
 
 def prepare_data_job(root: str, download: bool, settings: Mapping, out_path: str) -> None:
-    """The prepared MNIST set (SPEC 4); ``settings`` = image_size, train_subset, test_subset."""
+    """The prepared MNIST set (method §4); ``settings`` = image_size, train_subset, test_subset."""
     from fa_analysis import data
 
     log.info("MNIST root %s (download=%s), settings %s", root, download, dict(settings))
@@ -62,7 +62,7 @@ def prepare_data_job(root: str, download: bool, settings: Mapping, out_path: str
 
 
 def label_noise_job(prepared_path: str, level: int, seed: int, out_path: str) -> None:
-    """The fixed draw of noisy training labels at ``level`` percent (SPEC 4, 8)."""
+    """The fixed draw of noisy training labels at ``level`` percent (method §4, §8)."""
     from fa_analysis import data
 
     data.prepare_label_noise(prepared_path, level, seed, out_path)
@@ -95,7 +95,7 @@ def observers_of(spec: Mapping, true_labels=None) -> list:
 
 
 def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str | None, out_dir: str) -> None:
-    """One training run (SPEC 5): its artifact directory appears only once the run has finished."""
+    """One training run (method §5): its artifact directory appears only once the run has finished."""
     import torch
 
     from fa_analysis import data, train
@@ -112,7 +112,7 @@ def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str |
 
 
 def open_loop_job(settings: Mapping, scenario: str, out_path: str) -> None:
-    """One open-loop scenario (SPEC 7)."""
+    """One open-loop scenario (method §7)."""
     from fa_analysis import open_loop
 
     open_loop.open_loop_job(settings, scenario, out_path)
@@ -120,7 +120,7 @@ def open_loop_job(settings: Mapping, scenario: str, out_path: str) -> None:
 
 
 def beta_sweep_job(settings: Mapping, wn: bool, out_path: str) -> None:
-    """The beta sweep of the open loop, without or with WN (SPEC 7)."""
+    """The beta sweep of the open loop, without or with WN (method §7)."""
     from fa_analysis import open_loop
 
     open_loop.beta_sweep_job(settings, wn, out_path)
@@ -146,21 +146,21 @@ def trajectory_runs(run_dirs: Sequence[str]) -> dict[str, str]:
 
 
 def pca_job(run_dirs: Sequence[str], dataset_path: str, settings: Mapping, out_npz: str, out_json: str) -> None:
-    """Joint PCA of the weight trajectories with the loss landscape (SPEC 8)."""
+    """Joint PCA of the weight trajectories with the loss landscape (method §8)."""
     from fa_analysis import embedding
 
     embedding.pca_landscape(trajectory_runs(run_dirs), dataset_path, out_npz, out_json, settings)
 
 
 def umap_job(run_dirs: Sequence[str], settings: Mapping, out_parquet: str, out_json: str) -> None:
-    """UMAP of the weight trajectories (SPEC 8)."""
+    """UMAP of the weight trajectories (method §8)."""
     from fa_analysis import embedding
 
     embedding.umap_embedding(trajectory_runs(run_dirs), out_parquet, out_json, settings)
 
 
 def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> None:
-    """The summary table (SPEC 9, item 9)."""
+    """The summary table (method §9.9)."""
     from fa_analysis import aggregate
 
     aggregate.summary_table(aggregated_dirs, out_csv, out_md)
@@ -171,7 +171,7 @@ def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> No
 
 
 def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], options: Mapping) -> None:
-    """Draw figure ``name`` (SPEC 9) from its named inputs into ``figures/{name}.{format}``.
+    """Draw figure ``name`` (method §9) from its named inputs into ``figures/{name}.{format}``.
 
     ``inputs`` are keyed as the workflow names them: condition names for aggregated directories,
     scenario names, ``wn0``/``wn1`` for the beta sweep, ``{condition}_p{level}`` for label noise,

@@ -33,7 +33,7 @@ MNIST_TRAIN_SIZE = 60_000
 OUTPUT_UNITS = {"five_hot": 50, "one_hot": 10}
 
 # Experiment names as they appear in result paths: runs/{experiment}/{condition}/seed{seed}.
-#: Config sections of the mechanism experiments: each measures FA runs without WN (SPEC 6).
+#: Config sections of the mechanism experiments: each measures FA runs without WN (method §6).
 MECHANISM_SECTIONS = ("alignment_terms", "shadow", "remainder")
 EXPERIMENTS = ("main", "label_noise", "label_change", "trajectory", "terms", "shadow", "remainder")
 
@@ -165,9 +165,9 @@ def _dotted(path) -> str:
 def check_config(config: dict) -> None:
     """Cross-field rules of a schema-valid, default-completed config (raises ``ConfigError``).
 
-    - WN's ``gamma`` is set exactly where ``wn`` is true (SPEC 3);
+    - WN's ``gamma`` is set exactly where ``wn`` is true (method §3);
     - every condition an experiment names is defined under ``conditions``; alignment terms and
-      shadows are measured on FA runs without WN (SPEC 6);
+      shadows are measured on FA runs without WN (method §6);
     - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width;
     - the batch fits the training set, and the alignment-term iterations fit the run and its lags.
     """
@@ -198,7 +198,7 @@ def check_config(config: dict) -> None:
         if name in conditions and (conditions[name]["rule"] != "fa" or conditions[name]["wn"]):
             problems.append(
                 f"config key '{section}.condition' is '{name}', not an fa condition without WN: the "
-                "expansion of SPEC 6 holds for feedback alignment with unnormalised weights"
+                "expansion of method §6 holds for feedback alignment with unnormalised weights"
             )
 
     sizes = config["network"]["sizes"]
@@ -249,7 +249,7 @@ def _condition_references(config: dict) -> Iterator[tuple[str, list[str]]]:
 
 
 def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
-    """T^o_l[k] needs k - o >= 0 for every lag o <= max_lag, and k inside the run (SPEC 6)."""
+    """T^o_l[k] needs k - o >= 0 for every lag o <= max_lag, and k inside the run (method §6)."""
     problems = []
     n_iterations = terms["epochs"] * batches_per_epoch
     for k in terms["iterations"]:
@@ -267,7 +267,7 @@ def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
 
 
 def _check_remainder(remainder: dict, batches_per_epoch: int) -> list[str]:
-    """The remainder's iterations lie inside its runs, and something is measured (SPEC 6)."""
+    """The remainder's iterations lie inside its runs, and something is measured (method §6)."""
     n_iterations = remainder["epochs"] * batches_per_epoch
     problems = [
         f"config key 'remainder.iterations' has k = {k} but the runs have only {n_iterations} iterations "
@@ -428,7 +428,7 @@ def experiment_conditions(specs: Mapping[tuple[str, str, int], dict]) -> dict[st
 
 
 def iterations_per_epoch(config: dict) -> int:
-    """Minibatches per epoch of the configured training set (SPEC 5: 60 for MNIST at batch 1000)."""
+    """Minibatches per epoch of the configured training set (method §5: 60 for MNIST at batch 1000)."""
     n_train = config["data"]["train_subset"] or MNIST_TRAIN_SIZE
     return n_train // config["training"]["batch_size"]
 
