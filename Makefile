@@ -10,9 +10,15 @@ STAMP := $(VENV)/.installed
 .PHONY: run smoke test install report clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	    echo "make: PYTHON=$(PYTHON) is "$$($(PYTHON) --version 2>&1 | head -n 1)", but the venv needs Python >= 3.11." >&2; \
+	    echo "      Name one that is, e.g.: make $(or $(MAKECMDGOALS),install) PYTHON=python3.11" >&2; exit 1; }
+	@echo "[1/3] creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,slurm]'
+	@echo "[2/3] upgrading pip"
+	$(VENV)/bin/python -m pip install --upgrade pip
+	@echo "[3/3] installing fa-analysis and its pinned dependencies (constraints.txt; torch is large: minutes)"
+	$(VENV)/bin/python -m pip install -c constraints.txt -e '.[test,slurm]'
 	touch $(STAMP)
 
 install: $(STAMP)

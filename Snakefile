@@ -12,7 +12,7 @@
 
 from snakemake.utils import min_version
 
-from fa_analysis.config import validate
+from fa_analysis.config import SCHEMA_PATH, validate
 
 min_version("9.0")
 
@@ -21,8 +21,9 @@ configfile: "config.yaml"
 
 
 # Schema defaults, types, ranges, unknown keys, then the cross-field rules (gamma only with wn,
-# known condition names, sizes): a bad config stops here, before any job, naming the key.
-validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+# known condition names, sizes): a bad config stops here, before any job, naming the key. The
+# schema is package data of fa_analysis (fa_analysis/schemas/), beside the code that checks it.
+validate(config, SCHEMA_PATH)
 
 
 report: "workflow/report/workflow.rst"

@@ -1,8 +1,8 @@
 """What the engine is timed against: the same training step written three other ways.
 
-One step of SPEC 5 is: the forward pass on a minibatch, FA's deltas and updates, the BP shadow
+One step of method §5 is: the forward pass on a minibatch, FA's deltas and updates, the BP shadow
 update (BP's ``dW`` on the same batch and state), every per-iteration metric, the SGD step, and
-WN where the condition has it (SPEC 1, 3, 5). Each ``make_*`` below returns a ``step()`` closure
+WN where the condition has it (method §1, §3, §5). Each ``make_*`` below returns a ``step()`` closure
 over its own network, drawn from the same seed as the engine's, cycling through ``problem.batches``:
 
 - ``make_naive``: the step written plainly in torch -- fresh tensors, one call per layer and
@@ -30,7 +30,7 @@ from fa_analysis.measures import angle_deg, angle_deg_concat
 
 @dataclass
 class Problem:
-    """One benchmark setting: network, batch, condition (SPEC 5 defaults), data on the device."""
+    """One benchmark setting: network, batch, condition (method §5 defaults), data on the device."""
 
     sizes: tuple[int, ...] = (225, 50, 50, 50, 50, 50)
     batch_size: int = 1000
@@ -108,7 +108,7 @@ def make_engine(problem: Problem, metrics: bool = True, capacity: int = 4096) ->
 
 
 def _plain_metrics(W, B, dW_fa, dW_bp, delta, W0_norms, eta) -> dict[str, float]:
-    """Every per-iteration measure of SPEC 5 (but the loss), one call and one ``.item()`` each."""
+    """Every per-iteration measure of method §5 (but the loss), one call and one ``.item()`` each."""
     d = len(W)
     row = {"angle_W_Bt_all": angle_deg_concat(W[1:], [B[l].T for l in range(1, d)]).item()}
     for l in range(d):

@@ -2,7 +2,7 @@
 
 Sections (``--sections``, benchmarks/README.md):
 
-- ``step``: milliseconds per iteration of the SPEC 5 default step (225-50-50-50-50-50, batch
+- ``step``: milliseconds per iteration of the method §5 default step (225-50-50-50-50-50, batch
   1000, FA step + BP shadow update + every metric, + WN for ``fa_wn``) for the engine, a naive
   torch version, an autograd version with a custom FA function, and the step's matrix products
   alone (the compute bound: its FLOP count over this machine's GEMM throughput at the same
@@ -49,7 +49,7 @@ from baselines import Problem, make_autograd, make_engine, make_naive, make_prod
 from fa_analysis import data, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONDITIONS = {"fa": {}, "fa_wn": {"wn": True, "gamma": 1.0, "ibn": True}}  # SPEC 5 conditions
+CONDITIONS = {"fa": {}, "fa_wn": {"wn": True, "gamma": 1.0, "ibn": True}}  # method §5 conditions
 VARIANTS = {"engine": make_engine, "naive torch": make_naive, "autograd FA": make_autograd}
 COLUMNS = ["section", "measurement", "condition", "threads", "value", "unit", "min", "max", "n",
            "x_naive", "x_bound", "note"]

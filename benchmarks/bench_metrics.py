@@ -1,6 +1,6 @@
 """What the per-iteration metrics cost: the engine's step with and without them.
 
-The SPEC 5 step on the default network (225-50-50-50-50-50, batch 1000, FA driving): with
+The method §5 step on the default network (225-50-50-50-50-50, batch 1000, FA driving): with
 ``metrics: true`` it also computes BP's update on the same batch and state (for
 ∠(ΔW^FA, ΔW^BP)) and every angle and norm; with ``metrics: false`` only the FA step and the loss.
 The two variants take turns block by block (so that a burst of load falls on both alike) and each

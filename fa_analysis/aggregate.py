@@ -1,6 +1,6 @@
-"""Mean and sd over seeds, divergence bookkeeping and the summary table (SPEC sections 5, 8 and 9).
+"""Mean and sd over seeds, divergence bookkeeping and the summary table (method §5, §8 and §9).
 
-Every figure of SPEC section 9 is drawn from the tables written here, never from single runs.
+Every figure of method §9 is drawn from the tables written here, never from single runs.
 
 Aggregated tables are *tidy*: one row per key (e.g. ``iteration``) and ``measure`` (a column name
 of the per-run table, e.g. ``angle_W_Bt_2``), with
@@ -301,7 +301,7 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
 
 def aggregate_open_loop(table_path: PathLike, out_path: PathLike | None = None,
                         keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean and sd over repetitions of one open-loop table (SPEC section 7).
+    """Mean and sd over repetitions of one open-loop table (method §7).
 
     ``table_path`` is ``open_loop/{scenario}.parquet`` (columns repetition, iteration, angle) or a
     β-sweep table; keys are inferred from the column types unless given. Written to ``out_path``
@@ -323,7 +323,7 @@ def read_runs_csv(aggregated_dir: PathLike) -> pd.DataFrame:
 
 
 def summary_table(aggregated_dirs: Iterable[PathLike], out_csv: PathLike, out_md: PathLike) -> pd.DataFrame:
-    """Final test accuracy and final ``∠(W_l, B_lᵀ)`` per condition, mean ± sd (SPEC section 9, item 9).
+    """Final test accuracy and final ``∠(W_l, B_lᵀ)`` per condition, mean ± sd (method §9.9).
 
     One row per ``experiment/condition`` (one aggregated directory each). Means and sds are over
     the *completed* runs (``n_completed``); ``n_seeds`` counts every run and ``n_diverged`` the

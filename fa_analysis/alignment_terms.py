@@ -1,4 +1,4 @@
-"""Alignment terms of feedback alignment (SPEC section 6, the paper's core object).
+"""Alignment terms of feedback alignment (method §6, the paper's core object).
 
 For an FA run without WN, ``W_{l-1}[k] = W_{l-1}[0] + sum_{o=1..k} eta dW_{l-1}[k-o]`` with
 ``dW_{l-1}[j] = L_{l-1}[j]^T delta_l[j]`` and ``delta_l[j] = (delta_{l+1}[j] B_l) * f'(Z_l[j])``.
@@ -148,7 +148,7 @@ def nonlinear_term(
     eta: float,
     activation: str,
 ) -> Tensor:
-    """Nonlinear alignment term ``T^o_l[k]`` (SPEC 6) from the states at steps ``k - o`` and ``k``.
+    """Nonlinear alignment term ``T^o_l[k]`` (method §6) from the states at steps ``k - o`` and ``k``.
 
     ``L_prev_* = L_{l-1}``, ``Z_past = Z_l[k-o]``, ``delta_next_* = delta_{l+1}``,
     ``W_prev_past = W_{l-1}[k-o]``, ``b = b_l`` (at step k), ``B = B_l``.
@@ -188,7 +188,7 @@ def class_similarity_means(sums_past: Tensor, counts_past: Tensor, sums_now: Ten
 
 
 def class_similarity(L_past: Tensor, labels_past: Tensor, L_now: Tensor, labels_now: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
-    """``[within, between]`` class means of ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` (SPEC 6)."""
+    """``[within, between]`` class means of ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` (method §6)."""
     return class_similarity_means(*class_sums(L_past, labels_past, num_classes), *class_sums(L_now, labels_now, num_classes))
 
 
@@ -234,7 +234,7 @@ def check_fa_without_wn(spec: Any, observer: str) -> None:
     if spec.rule != "fa":
         raise ValueError(f"the {observer} observer needs an FA run (spec.rule = 'fa'), got rule {spec.rule!r}")
     if spec.wn:
-        raise ValueError(f"the {observer} observer needs a run without WN (spec.wn = false): WN breaks the expansion of SPEC 6")
+        raise ValueError(f"the {observer} observer needs a run without WN (spec.wn = false): WN breaks the expansion of method §6")
 
 
 def observer_settings(spec: Any, name: str) -> Mapping[str, Any]:
@@ -276,7 +276,7 @@ class _History:
 
 
 class AlignmentTermsObserver:
-    """Alignment terms of an FA run without WN, measured beside training (SPEC 6).
+    """Alignment terms of an FA run without WN, measured beside training (method §6).
 
     Settings from ``spec.observers["alignment_terms"]`` (or given here): ``iterations`` (the k of
     the lag analysis), ``max_lag``, ``lags_over_time``, ``every``. ``finish()`` returns three tables

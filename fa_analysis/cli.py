@@ -6,6 +6,10 @@ no science. The same jobs can be run by hand, e.g. one training run of a config:
 
     fa-analysis check-config config.yaml
     fa-analysis train config.yaml main/fa/0 --dataset results/data/mnist15.npz --out /tmp/fa0
+
+or one run of the protocol without the workflow, its data prepared from MNIST on the way::
+
+    fa-analysis train --condition fa --seed 3 --epochs 5 --out /tmp/fa3 --mnist-root /data/mnist
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def job_log(path: str | Path) -> Iterator[None]:
 
 
 def prepare_data_job(root: str, download: bool, settings: Mapping, out_path: str) -> None:
-    """The prepared MNIST set (SPEC 4); ``settings`` = image_size, train_subset, test_subset."""
+    """The prepared MNIST set (method §4); ``settings`` = image_size, train_subset, test_subset."""
     from fa_analysis import data
 
     log.info("MNIST root %s (download=%s), settings %s", root, download, dict(settings))
@@ -58,7 +62,7 @@ def prepare_data_job(root: str, download: bool, settings: Mapping, out_path: str
 
 
 def label_noise_job(prepared_path: str, level: int, seed: int, out_path: str) -> None:
-    """The fixed draw of noisy training labels at ``level`` percent (SPEC 4, 8)."""
+    """The fixed draw of noisy training labels at ``level`` percent (method §4, §8)."""
     from fa_analysis import data
 
     data.prepare_label_noise(prepared_path, level, seed, out_path)
@@ -91,7 +95,7 @@ def observers_of(spec: Mapping, true_labels=None) -> list:
 
 
 def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str | None, out_dir: str) -> None:
-    """One training run (SPEC 5): its artifact directory appears only once the run has finished."""
+    """One training run (method §5): its artifact directory appears only once the run has finished."""
     import torch
 
     from fa_analysis import data, train
@@ -108,7 +112,7 @@ def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str |
 
 
 def open_loop_job(settings: Mapping, scenario: str, out_path: str) -> None:
-    """One open-loop scenario (SPEC 7)."""
+    """One open-loop scenario (method §7)."""
     from fa_analysis import open_loop
 
     open_loop.open_loop_job(settings, scenario, out_path)
@@ -116,7 +120,7 @@ def open_loop_job(settings: Mapping, scenario: str, out_path: str) -> None:
 
 
 def beta_sweep_job(settings: Mapping, wn: bool, out_path: str) -> None:
-    """The beta sweep of the open loop, without or with WN (SPEC 7)."""
+    """The beta sweep of the open loop, without or with WN (method §7)."""
     from fa_analysis import open_loop
 
     open_loop.beta_sweep_job(settings, wn, out_path)
@@ -142,21 +146,21 @@ def trajectory_runs(run_dirs: Sequence[str]) -> dict[str, str]:
 
 
 def pca_job(run_dirs: Sequence[str], dataset_path: str, settings: Mapping, out_npz: str, out_json: str) -> None:
-    """Joint PCA of the weight trajectories with the loss landscape (SPEC 8)."""
+    """Joint PCA of the weight trajectories with the loss landscape (method §8)."""
     from fa_analysis import embedding
 
     embedding.pca_landscape(trajectory_runs(run_dirs), dataset_path, out_npz, out_json, settings)
 
 
 def umap_job(run_dirs: Sequence[str], settings: Mapping, out_parquet: str, out_json: str) -> None:
-    """UMAP of the weight trajectories (SPEC 8)."""
+    """UMAP of the weight trajectories (method §8)."""
     from fa_analysis import embedding
 
     embedding.umap_embedding(trajectory_runs(run_dirs), out_parquet, out_json, settings)
 
 
 def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> None:
-    """The summary table (SPEC 9, item 9)."""
+    """The summary table (method §9.9)."""
     from fa_analysis import aggregate
 
     aggregate.summary_table(aggregated_dirs, out_csv, out_md)
@@ -167,7 +171,7 @@ def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> No
 
 
 def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], options: Mapping) -> None:
-    """Draw figure ``name`` (SPEC 9) from its named inputs into ``figures/{name}.{format}``.
+    """Draw figure ``name`` (method §9) from its named inputs into ``figures/{name}.{format}``.
 
     ``inputs`` are keyed as the workflow names them: condition names for aggregated directories,
     scenario names, ``wn0``/``wn1`` for the beta sweep, ``{condition}_p{level}`` for label noise,
@@ -201,8 +205,25 @@ def _figure_inputs(name: str, inputs: dict[str, str]):
 # The command line
 
 
+EXAMPLES = """examples:
+  fa-analysis check-config config.yaml      validate a config, count its training runs
+  fa-analysis specs config.yaml             the run spec of every training job, as JSON lines
+  fa-analysis train --condition fa --seed 3 --epochs 5 --out runs/fa3 --mnist-root /data/mnist
+                                            one run of config.yaml's protocol (or --config FILE),
+                                            the data prepared from MNIST on the way
+  fa-analysis train config.yaml main/fa/0 --dataset results/data/mnist15.npz --out /tmp/fa0
+                                            one training job of the workflow, from its prepared data
+
+From Python: fa_analysis.train_one(...), fa_analysis.load_results("results") (README, "From Python").
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fa-analysis", description=__doc__.splitlines()[0])
+    from fa_analysis import __version__
+
+    parser = argparse.ArgumentParser(prog="fa-analysis", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check-config", help="validate a config and count its training runs")
@@ -211,15 +232,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs = commands.add_parser("specs", help="print the run specs of a config as JSON lines")
     specs.add_argument("config", nargs="?", default="config.yaml")
 
-    one = commands.add_parser("train", help="run one training job of a config by hand")
-    one.add_argument("config")
-    one.add_argument("run", help="experiment/condition/seed, e.g. main/fa/0")
-    one.add_argument("--dataset", required=True, help="the prepared data set (results/data/mnist15.npz)")
+    one = commands.add_parser("train", help="run one training job of a config by hand", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    one.add_argument("config", nargs="?", help="the config of the workflow's run")
+    one.add_argument("run", nargs="?", help="experiment/condition/seed, e.g. main/fa/0")
+    one.add_argument("--dataset", help="the prepared data set (results/data/mnist15.npz)")
     one.add_argument("--labels", help="noisy labels, for runs with label noise")
     one.add_argument("--out", required=True, help="the run directory to create")
     one.add_argument("--threads", type=int, default=1)
+    add_one_off_options(one)
 
     args = parser.parse_args(argv)
+    if args.command == "train" and args.run is None:
+        return train_one_off(one, args)
+    if args.command == "train":
+        check_workflow_form(one, args)
     from fa_analysis.config import ConfigError, experiment_conditions, load_config, run_specs
 
     try:
@@ -244,6 +271,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         train_job(runs[key], args.threads, args.dataset, args.labels, args.out)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# One run by hand, outside the workflow: no run id, no prepared data set
+
+
+def add_one_off_options(parser: argparse.ArgumentParser) -> None:
+    """``train --condition ... --seed ...``: one run of a config's protocol, its data prepared on the way."""
+    group = parser.add_argument_group("one run without the workflow (when RUN is not given)")
+    group.add_argument("--config", dest="config_file", metavar="CONFIG",
+                       help="a config file (default: the protocol of config.yaml, from the package's schema)")
+    group.add_argument("--experiment", help="the experiment the run belongs to (default: main)")
+    group.add_argument("--condition", help="a condition of that experiment (default: fa)")
+    group.add_argument("--seed", type=int, help="the run seed (default: 0)")
+    group.add_argument("--epochs", type=int, help="epochs to train (default: the config's)")
+    group.add_argument("--mnist-root", help="MNIST in torchvision's layout, {root}/MNIST/raw (default: data.root)")
+    group.add_argument("--train-subset", type=int, help="train on the first N training images only")
+    group.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
+
+
+ONE_OFF_OPTIONS = ("config_file", "experiment", "condition", "seed", "epochs", "mnist_root", "train_subset", "test_subset")
+
+
+def check_workflow_form(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``train CONFIG RUN`` takes the prepared data set and none of the one-off options."""
+    if args.dataset is None:
+        parser.error("train CONFIG RUN needs --dataset (the prepared data set); without RUN, "
+                     "train --condition ... --seed ... prepares the data itself")
+    given = [f"--{name.removesuffix('_file').replace('_', '-')}" for name in ONE_OFF_OPTIONS if getattr(args, name) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} belong to the form without RUN; RUN ({args.run}) already names the run")
+
+
+def train_one_off(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """One run with ``api.train_one``, written to ``--out``; prints where it is and how it ended."""
+    from fa_analysis.api import train_one
+    from fa_analysis.config import ConfigError
+
+    if args.config and args.config_file:
+        parser.error(f"two configs given ({args.config} and --config {args.config_file}): give one")
+    config_path = args.config_file or args.config
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        result = train_one(
+            config_path, experiment=args.experiment or "main", condition=args.condition or "fa",
+            seed=args.seed if args.seed is not None else 0, epochs=args.epochs,
+            mnist_root=args.mnist_root, train_subset=args.train_subset, test_subset=args.test_subset,
+            out_dir=args.out, threads=args.threads, log=log.info,
+        )
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"fa-analysis train: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.run_dir}: {result.status}, final test accuracy {result.final_test_accuracy:.4f}")
+    return 0 if result.status == "completed" else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The validated configuration and the run specs it expands into (docs/design.md, "Run specs").
 
 ``validate`` completes a config with the schema's defaults and checks it: first the JSON schema
-(``workflow/schemas/config.schema.yaml``: types, ranges, enums, no unknown keys), then the rules
-across fields that a schema cannot say well (``check_config``). Every error names the key and the
-fix, and all of it happens before any job runs.
+(``fa_analysis/schemas/config.schema.yaml``, shipped with the package: types, ranges, enums, no
+unknown keys), then the rules across fields that a schema cannot say well (``check_config``).
+Every error names the key and the fix, and all of it happens before any job runs.
 
 ``run_specs`` expands a validated config into one plain dict per training job, keyed by
 ``(experiment, condition, seed)``. The workflow passes exactly that dict as the job's ``params``, so
@@ -23,15 +23,17 @@ import jsonschema
 import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+#: The config schema, package data: its defaults are the protocol, equal to config.yaml's values.
+SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
+#: The checkout's config.yaml (absent from an installed wheel; ``load_config()`` does not need it).
 REPO_ROOT = PACKAGE_DIR.parent
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
 
 MNIST_TRAIN_SIZE = 60_000
 OUTPUT_UNITS = {"five_hot": 50, "one_hot": 10}
 
 # Experiment names as they appear in result paths: runs/{experiment}/{condition}/seed{seed}.
-#: Config sections of the mechanism experiments: each measures FA runs without WN (SPEC 6).
+#: Config sections of the mechanism experiments: each measures FA runs without WN (method §6).
 MECHANISM_SECTIONS = ("alignment_terms", "shadow", "remainder")
 EXPERIMENTS = ("main", "label_noise", "label_change", "trajectory", "terms", "shadow", "remainder")
 
@@ -71,13 +73,14 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG_PATH, schema_path: str | Path = SCHEMA_PATH) -> dict:
+def load_config(path: str | Path | None = None, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Read, complete and check a config file: the dict every other function here takes.
 
     The file is completed by the schema's defaults (which are config.yaml's values); unlike
-    ``snakemake --configfile``, it is not merged key by key into config.yaml first.
+    ``snakemake --configfile``, it is not merged key by key into config.yaml first. Without a
+    path, the result is the defaults alone: the full protocol, read from the package's schema.
     """
-    return validate(load_yaml(path), schema_path)
+    return validate({} if path is None else load_yaml(path), schema_path)
 
 
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
@@ -162,9 +165,9 @@ def _dotted(path) -> str:
 def check_config(config: dict) -> None:
     """Cross-field rules of a schema-valid, default-completed config (raises ``ConfigError``).
 
-    - WN's ``gamma`` is set exactly where ``wn`` is true (SPEC 3);
+    - WN's ``gamma`` is set exactly where ``wn`` is true (method §3);
     - every condition an experiment names is defined under ``conditions``; alignment terms and
-      shadows are measured on FA runs without WN (SPEC 6);
+      shadows are measured on FA runs without WN (method §6);
     - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width;
     - the batch fits the training set, and the alignment-term iterations fit the run and its lags.
     """
@@ -195,7 +198,7 @@ def check_config(config: dict) -> None:
         if name in conditions and (conditions[name]["rule"] != "fa" or conditions[name]["wn"]):
             problems.append(
                 f"config key '{section}.condition' is '{name}', not an fa condition without WN: the "
-                "expansion of SPEC 6 holds for feedback alignment with unnormalised weights"
+                "expansion of method §6 holds for feedback alignment with unnormalised weights"
             )
 
     sizes = config["network"]["sizes"]
@@ -246,7 +249,7 @@ def _condition_references(config: dict) -> Iterator[tuple[str, list[str]]]:
 
 
 def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
-    """T^o_l[k] needs k - o >= 0 for every lag o <= max_lag, and k inside the run (SPEC 6)."""
+    """T^o_l[k] needs k - o >= 0 for every lag o <= max_lag, and k inside the run (method §6)."""
     problems = []
     n_iterations = terms["epochs"] * batches_per_epoch
     for k in terms["iterations"]:
@@ -264,7 +267,7 @@ def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
 
 
 def _check_remainder(remainder: dict, batches_per_epoch: int) -> list[str]:
-    """The remainder's iterations lie inside its runs, and something is measured (SPEC 6)."""
+    """The remainder's iterations lie inside its runs, and something is measured (method §6)."""
     n_iterations = remainder["epochs"] * batches_per_epoch
     problems = [
         f"config key 'remainder.iterations' has k = {k} but the runs have only {n_iterations} iterations "
@@ -425,7 +428,7 @@ def experiment_conditions(specs: Mapping[tuple[str, str, int], dict]) -> dict[st
 
 
 def iterations_per_epoch(config: dict) -> int:
-    """Minibatches per epoch of the configured training set (SPEC 5: 60 for MNIST at batch 1000)."""
+    """Minibatches per epoch of the configured training set (method §5: 60 for MNIST at batch 1000)."""
     n_train = config["data"]["train_subset"] or MNIST_TRAIN_SIZE
     return n_train // config["training"]["batch_size"]
 

@@ -1,4 +1,4 @@
-"""MNIST data, target codes, label shuffling and minibatch order (SPEC section 4).
+"""MNIST data, target codes, label shuffling and minibatch order (method §4).
 
 The raw IDX files are checked before torchvision reads them (a truncated or corrupt file is an
 error naming the file, never a silently wrong tensor); images are scaled to [0, 1] and resized
@@ -48,7 +48,7 @@ class MNISTFormatError(ValueError):
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The prepared dataset (SPEC 4): flattened resized images in [0, 1] and class labels."""
+    """The prepared dataset (method §4): flattened resized images in [0, 1] and class labels."""
 
     X_train: torch.Tensor  # (N_train, image_size**2) float32
     y_train: torch.Tensor  # (N_train,) int64
@@ -185,7 +185,7 @@ def _md5(path: Path) -> str:
 
 
 def resize_images(images: torch.Tensor | np.ndarray, size: int = 15) -> torch.Tensor:
-    """Scale uint8 images (N, H, W) to [0, 1] and resize to (N, size*size) float32 (SPEC 4).
+    """Scale uint8 images (N, H, W) to [0, 1] and resize to (N, size*size) float32 (method §4).
 
     Bilinear, half-pixel centres, no antialiasing: equal to ``cv2.resize(img / 255, (size, size),
     interpolation=cv2.INTER_LINEAR)`` on float32 images.
@@ -211,7 +211,7 @@ def resize_images(images: torch.Tensor | np.ndarray, size: int = 15) -> torch.Te
 def make_codes(
     kind: str, generator: torch.Generator, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Target code map (SPEC 2): row c is the target output ``Y*`` of class c.
+    """Target code map (method §2): row c is the target output ``Y*`` of class c.
 
     ``five_hot``: 50 outputs, class c owns 5 units disjoint from every other class's, the
     assignment a random permutation drawn from ``generator``. ``one_hot``: the 10x10 identity
@@ -228,7 +228,7 @@ def make_codes(
 
 
 def phase_codes(kind: str, seed: int, phase: int) -> torch.Tensor:
-    """The code map of training phase ``phase`` of the run with seed ``seed`` (SPEC 4, label change).
+    """The code map of training phase ``phase`` of the run with seed ``seed`` (method §4, label change).
 
     Its generator is seeded with ``seed + 10_000 * (phase + 1)`` (docs/design.md), so every phase
     boundary draws a new random code map, reproducibly.
@@ -238,7 +238,7 @@ def phase_codes(kind: str, seed: int, phase: int) -> torch.Tensor:
 
 
 def decode(outputs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Predicted classes ``argmax_c <output, code_c>`` (SPEC 2) for outputs (N, n_out)."""
+    """Predicted classes ``argmax_c <output, code_c>`` (method §2) for outputs (N, n_out)."""
     return torch.argmax(outputs @ codes.T.to(outputs.dtype), dim=1)
 
 
@@ -267,7 +267,7 @@ def label_noise_indices(n: int, percent: float, seed: int) -> torch.Tensor:
 
 
 def apply_label_noise(labels: torch.Tensor, percent: float, seed: int) -> torch.Tensor:
-    """Label noise p (SPEC 4): replace ``round(p*N)`` random labels by uniformly random classes.
+    """Label noise p (method §4): replace ``round(p*N)`` random labels by uniformly random classes.
 
     Drawn once from ``seed`` (the same seed gives the same noisy labels; levels are nested). A
     replacement class may equal the true one, so about 90 % of the replaced labels change.
@@ -284,7 +284,7 @@ def apply_label_noise(labels: torch.Tensor, percent: float, seed: int) -> torch.
 def batch_order(
     n: int, batch_size: int, epoch: int, reshuffle: bool, seed: int
 ) -> torch.Tensor:
-    """Order of the training examples in epoch ``epoch`` (SPEC 4); minibatch i is ``order[i*bs:(i+1)*bs]``.
+    """Order of the training examples in epoch ``epoch`` (method §4); minibatch i is ``order[i*bs:(i+1)*bs]``.
 
     ``reshuffle`` False: one permutation drawn from ``seed``, the same every epoch (what makes
     lag-60 alignment terms autocorrelated). True: a different permutation per epoch, drawn from
@@ -323,7 +323,7 @@ def prepare_dataset(
     train_subset: int | None = None,
     test_subset: int | None = None,
 ) -> Path:
-    """Write the prepared MNIST ``.npz`` (SPEC 4) atomically; return its path.
+    """Write the prepared MNIST ``.npz`` (method §4) atomically; return its path.
 
     Entries ``X_train``, ``y_train``, ``X_test``, ``y_test`` and a JSON ``metadata`` string
     (resize method, md5 of the source files, shapes, subsets, package version). A subset takes
@@ -367,7 +367,7 @@ def prepare_dataset(
 def prepare_label_noise(
     prepared_path: str | os.PathLike, percent: float, seed: int, out_path: str | os.PathLike
 ) -> Path:
-    """Write the noisy training labels of level ``percent`` (SPEC 4, 8) as ``y_train_noisy`` + metadata."""
+    """Write the noisy training labels of level ``percent`` (method §4, §8) as ``y_train_noisy`` + metadata."""
     _check_percent(percent)
     data = load_prepared(prepared_path)
     noisy = apply_label_noise(data.y_train, percent, seed)

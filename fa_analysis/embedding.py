@@ -1,4 +1,4 @@
-"""Weight-trajectory embeddings: joint PCA with the loss landscape, and UMAP (SPEC section 8).
+"""Weight-trajectory embeddings: joint PCA with the loss landscape, and UMAP (method §8).
 
 The trajectory runs (``bp``, ``fa``, ``bp_wn``, ``fa_wn``) start from the same initial ``W, B, b``
 (one seed) and store a snapshot ``theta`` (all ``W`` then all ``b``, flattened) every few
@@ -216,7 +216,7 @@ def read_feedback_weights(run_dir: PathLike, d: int) -> dict[int, np.ndarray]:
 
 def summed_loss(theta: torch.Tensor, sizes: Sequence[int], activation: str, X: torch.Tensor,
                 Y_star: torch.Tensor) -> float:
-    """``loss = ½ Σ_ij (Y* − L_d)²_ij`` of the network whose weights are ``theta`` (SPEC section 1)."""
+    """``loss = ½ Σ_ij (Y* − L_d)²_ij`` of the network whose weights are ``theta`` (method §1)."""
     W, b = unpack_theta(theta.to(X.dtype), sizes)
     d = len(W)
     net = network.Network(W=W, b=b, B=[None] * d, D=[None] * d, activation=activation)
@@ -242,7 +242,7 @@ def landscape_data(trajectory: Trajectory, dataset_path: PathLike, subset: int |
 
 def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_npz: PathLike,
                   out_json: PathLike, settings: Mapping | None = None) -> dict:
-    """Joint PCA of the trajectories with the loss landscape of the PC1–PC2 plane (SPEC section 8).
+    """Joint PCA of the trajectories with the loss landscape of the PC1–PC2 plane (method §8).
 
     ``run_dirs`` maps method (condition) -> trajectory run directory; ``dataset_path`` is the
     prepared dataset (``data/mnist15.npz``); ``settings`` is config ``embedding`` (pca_grid,
@@ -345,7 +345,7 @@ def subsample_indices(n: int, k: int) -> np.ndarray:
 
 def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_json: PathLike,
                    settings: Mapping | None = None) -> pd.DataFrame:
-    """UMAP (2-D) of the trajectory snapshots of every method together (SPEC section 8).
+    """UMAP (2-D) of the trajectory snapshots of every method together (method §8).
 
     ``settings`` is config ``embedding.umap`` (n_neighbors, min_dist, seed, max_points). Each method
     keeps at most ``max_points / (number of methods)`` snapshots, evenly spaced in time (first and

@@ -1,4 +1,4 @@
-"""Every figure of SPEC section 9, drawn from aggregated results (mean ± sd shading over seeds).
+"""Every figure of method §9, drawn from aggregated results (mean ± sd shading over seeds).
 
 One public ``plot_*`` function per figure name of the output layout; each takes the paths of the
 aggregated tables it needs, an output stem (``figures/{name}``, no suffix) and the formats
@@ -64,7 +64,7 @@ CONDITION_LABELS = {
     "fa_wn": "FA + WN (IBN)",
     "fa_wn_noibn": "FA + WN, no IBN",
 }
-#: Open-loop scenarios (SPEC section 7).
+#: Open-loop scenarios (method §7).
 SCENARIO_COLORS = {"auto": "#009E73", "cross": "#882255", "both": "#332288", "none": "#7F7F7F"}
 SCENARIO_LABELS = {
     "auto": "auto-correlated (L₀, δ₂ fixed)",
@@ -72,10 +72,10 @@ SCENARIO_LABELS = {
     "both": "both (L₀ = δ₂ fixed)",
     "none": "none (fresh, independent)",
 }
-#: Alignment-term variants (SPEC section 6): minibatch order and labels of the FA runs.
+#: Alignment-term variants (method §6): minibatch order and labels of the FA runs.
 VARIANT_COLORS = {"fixed": "#009E73", "reshuffle": "#882255", "wrong_labels": "#7F7F7F"}
 VARIANT_LABELS = {"fixed": "fixed order", "reshuffle": "reshuffled each epoch", "wrong_labels": "100 % wrong labels"}
-#: Shadow-weight series (SPEC section 6); the real run is FA and keeps FA's colour.
+#: Shadow-weight series (method §6); the real run is FA and keeps FA's colour.
 SERIES_COLORS = {"real": PALETTE["fa"], "linearised": "#117733", "random_b": "#332288", "random_b_vs_B": "#999999"}
 #: The reference point(s) of the trajectory embedding.
 REFERENCE_COLOR = "#000000"
@@ -241,7 +241,7 @@ def _per_layer_conditions(aggregated: Mapping[str, PathLike], prefix: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC 9.1: open loop
+# method §9.1: open loop
 # ---------------------------------------------------------------------------------------------
 
 
@@ -307,7 +307,7 @@ def mean_over_repetitions(table: pd.DataFrame, keys: Sequence[str], measure: str
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC 9.2, 9.3, 9.5: MNIST main runs
+# method §9.2, §9.3, §9.5: MNIST main runs
 # ---------------------------------------------------------------------------------------------
 
 
@@ -380,7 +380,7 @@ def plot_update_angle(aggregated: Mapping[str, PathLike], out_stem: PathLike,
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC 9.4 and 9.6: alignment terms and shadow weights
+# method §9.4 and §9.6: alignment terms and shadow weights
 # ---------------------------------------------------------------------------------------------
 
 #: Line style per alignment-term kind: the nonlinear term with its band, the linear one dashed.
@@ -438,7 +438,7 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
 
 def plot_alignment_terms_lag(aggregated: Mapping[str, PathLike], out_stem: PathLike,
                              formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """∠(T^o_l[k], B_lᵀ) vs lag o at the analysed iterations k, per layer (paper Fig 7, SPEC 6).
+    """∠(T^o_l[k], B_lᵀ) vs lag o at the analysed iterations k, per layer (paper Fig 7, method §6).
 
     ``aggregated`` maps variant (``fixed``, ``reshuffle``, ``wrong_labels``, or the condition names
     ``fa_fixed``, ...) -> ``aggregated/terms/fa_{variant}`` (its ``terms_lag.parquet``). Solid with
@@ -452,7 +452,7 @@ def plot_alignment_terms_lag(aggregated: Mapping[str, PathLike], out_stem: PathL
 
 def plot_alignment_terms_time(aggregated: Mapping[str, PathLike], out_stem: PathLike,
                               formats: Sequence[str] = ("png", "pdf"), window: int = 60) -> list[Path]:
-    """∠(T^o_l[k], B_lᵀ) vs iteration k at fixed lags o (config ``lags_over_time``), per layer (SPEC 6).
+    """∠(T^o_l[k], B_lᵀ) vs iteration k at fixed lags o (config ``lags_over_time``), per layer (method §6).
 
     The per-iteration angles scatter widely from one minibatch to the next; mean and sd are
     passed through a causal moving average of ``window`` iterations (config
@@ -519,7 +519,7 @@ LINEAR_SUM_COLOR = "#999999"
 
 
 def plot_remainder(aggregated_dir: PathLike, out_stem: PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """The remainder of the expansion and the zero-degree term vs iteration, per layer (SPEC 6).
+    """The remainder of the expansion and the zero-degree term vs iteration, per layer (method §6).
 
     ``aggregated_dir`` is ``aggregated/remainder/fa`` (its ``remainder.parquet``). Rows:
     ``||R_l|| / ||Delta W_l||`` in percent (log scale; dashed: the same difference with the linear
@@ -564,7 +564,7 @@ SIMILARITY_STYLES = {"within": "-", "between": "--"}
 
 def plot_similarity(aggregated: Mapping[str, PathLike], out_stem: PathLike,
                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Within- vs between-class means of ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` vs lag o (SPEC 6).
+    """Within- vs between-class means of ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` vs lag o (method §6).
 
     ``aggregated`` maps variant (or condition name ``fa_{variant}``) -> ``aggregated/terms/fa_{variant}``
     (its ``terms_similarity.parquet``, and ``terms_lag.parquet`` for the analysed iterations k).
@@ -604,12 +604,12 @@ def plot_similarity(aggregated: Mapping[str, PathLike], out_stem: PathLike,
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC 9.7: weight trajectories
+# method §9.7: weight trajectories
 # ---------------------------------------------------------------------------------------------
 
 
 def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Trajectories on the joint PC1–PC2 plane over the loss landscape of that plane (SPEC section 8).
+    """Trajectories on the joint PC1–PC2 plane over the loss landscape of that plane (method §8).
 
     ``pca_npz`` is ``embedding/trajectory_pca.npz`` (:func:`fa_analysis.embedding.pca_landscape`).
     Filled contours: summed training loss at the weights the plane's points map back to (log
@@ -654,7 +654,7 @@ def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence
 
 def plot_trajectory_umap(umap_parquet: PathLike, out_stem: PathLike,
                          formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """UMAP of the trajectory snapshots of every method (SPEC section 8); start ○, end □."""
+    """UMAP of the trajectory snapshots of every method (method §8); start ○, end □."""
     table = pd.read_parquet(umap_parquet)
     _style()
     fig, ax = plt.subplots(figsize=(6.0, 5.0), constrained_layout=True)
@@ -672,13 +672,13 @@ def plot_trajectory_umap(umap_parquet: PathLike, out_stem: PathLike,
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC 9.8: label noise and label change
+# method §9.8: label noise and label change
 # ---------------------------------------------------------------------------------------------
 
 
 def plot_label_noise(aggregated: Mapping[int, PathLike], out_stem: PathLike,
                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Final test accuracy and final ∠(W_l, B_lᵀ) vs the label-noise level p (SPEC section 8).
+    """Final test accuracy and final ∠(W_l, B_lᵀ) vs the label-noise level p (method §8).
 
     ``aggregated`` maps p (percent of training labels replaced) -> ``aggregated/label_noise/fa_p{p}``.
     Points are means over the completed seeds with sd error bars (from each level's runs.csv).
@@ -716,7 +716,7 @@ def plot_label_noise(aggregated: Mapping[int, PathLike], out_stem: PathLike,
 
 def plot_label_change(aggregated: Mapping[str, PathLike], out_stem: PathLike,
                       formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Test accuracy and ∠(W, Bᵀ) over all layers through both phases of the label change (SPEC 8).
+    """Test accuracy and ∠(W, Bᵀ) over all layers through both phases of the label change (method §8).
 
     A new random code map is drawn at the phase boundary (dashed vertical line) and training goes on
     without re-initialising the network.

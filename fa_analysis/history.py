@@ -1,4 +1,4 @@
-"""Sums of the nonlinear alignment terms over the whole history of a run (SPEC 6).
+"""Sums of the nonlinear alignment terms over the whole history of a run (method §6).
 
 The remainder of the expansion (``remainder.py``) and the random-B' shadow (``shadow.py``) need,
 at step k and for each layer l = 1..d-1, the sum of the nonlinear terms over every lag,

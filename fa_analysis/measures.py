@@ -1,4 +1,4 @@
-"""Angles between matrices (SPEC 1 and 5).
+"""Angles between matrices (method §1 and §5).
 
 ``angle(A, C) = arccos(<A, C>_F / (||A||_F ||C||_F))`` in degrees, on flattened matrices.
 Orientation is always explicit: the FA measure is ``angle_deg(W_l, B_l.T)``; matrices of

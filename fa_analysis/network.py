@@ -1,4 +1,4 @@
-"""The network and its learning rules: forward pass, deltas for BP / FA / DFA, updates (SPEC 1-2).
+"""The network and its learning rules: forward pass, deltas for BP / FA / DFA, updates (method §1-§2).
 
 Row-vector convention as in the paper. Layers ``l = 0..d``; a minibatch ``L_0 = X`` is
 ``(n_b, n_0)``. Indexing follows docs/design.md:
@@ -174,7 +174,7 @@ def init_network(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Network:
-    """Initial ``W``, ``b``, ``B``, ``D``, every entry ~ N(0, init_std^2) (SPEC 2).
+    """Initial ``W``, ``b``, ``B``, ``D``, every entry ~ N(0, init_std^2) (method §2).
 
     Drawn in a fixed order -- ``W`` layer by layer, then ``b``, then ``B``, then ``D`` -- from one
     CPU generator in float64 (then cast and moved), so the same seed gives the same initial W, B, b
@@ -216,7 +216,7 @@ def forward(
     Z_out: Sequence[Tensor | None] | None = None,
     L_out: Sequence[Tensor | None] | None = None,
 ) -> tuple[list[Tensor | None], list[Tensor]]:
-    """Forward pass (SPEC 1): ``Z_{l+1} = L_l W_l + 1 b_{l+1}``, ``L_{l+1} = f(Z_{l+1})``, ``L_0 = X``.
+    """Forward pass (method §1): ``Z_{l+1} = L_l W_l + 1 b_{l+1}``, ``L_{l+1} = f(Z_{l+1})``, ``L_0 = X``.
 
     Returns ``(Z, L)``, lists of length ``d+1`` with ``Z[0] = None`` and ``L[0] = X``.
     ``Z_out``/``L_out`` (same layout) are optional buffers written in place.
@@ -246,12 +246,12 @@ def derivatives(
 
 
 def output_error(Y_star: Tensor, L_d: Tensor, out: Tensor | None = None) -> Tensor:
-    """``E = Y* - L_d`` (SPEC 1); the loss is ``0.5 * sum(E^2)``."""
+    """``E = Y* - L_d`` (method §1); the loss is ``0.5 * sum(E^2)``."""
     return torch.sub(Y_star, L_d, out=out) if out is not None else Y_star - L_d
 
 
 def loss(E: Tensor) -> Tensor:
-    """``loss = 1/2 sum_ij E_ij^2``: a sum over the batch, not a mean (SPEC 1)."""
+    """``loss = 1/2 sum_ij E_ij^2``: a sum over the batch, not a mean (method §1)."""
     e = E.reshape(-1)
     return 0.5 * torch.dot(e, e)
 
@@ -267,7 +267,7 @@ def backward_deltas(
     out: Sequence[Tensor | None] | None = None,
     delta_d: Tensor | None = None,
 ) -> list[Tensor | None]:
-    """Deltas of ``rule`` (SPEC 1), a list of length ``d+1`` with ``delta[0] = None``.
+    """Deltas of ``rule`` (method §1), a list of length ``d+1`` with ``delta[0] = None``.
 
     - output: ``delta_d = E * f'(Z_d)``;
     - ``bp``:  ``delta_l = (delta_{l+1} W_l^T) * f'(Z_l)``;
@@ -309,7 +309,7 @@ def weight_updates(
     dW_out: Sequence[Tensor] | None = None,
     db_out: Sequence[Tensor] | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Updates without the learning rate (SPEC 1): ``dW_l = L_l^T delta_{l+1}``, ``db_{l+1} = 1^T delta_{l+1}``.
+    """Updates without the learning rate (method §1): ``dW_l = L_l^T delta_{l+1}``, ``db_{l+1} = 1^T delta_{l+1}``.
 
     The step is ``W_l += eta * dW_l``, ``b += eta * db`` (``sgd_step_``). With bias off ``db``
     is zero. ``dW_out``/``db_out`` are optional buffers written in place.
@@ -338,7 +338,7 @@ def db_updates(
 
 
 def sgd_step_(net: Network, dW: Sequence[Tensor], db: Sequence[Tensor], eta: float) -> None:
-    """Plain SGD in place (SPEC 1): ``W_l <- W_l + eta dW_l``, ``b <- b + eta db`` (bias on only)."""
+    """Plain SGD in place (method §1): ``W_l <- W_l + eta dW_l``, ``b <- b + eta db`` (bias on only)."""
     for l in range(net.d):
         net.W[l].add_(dW[l], alpha=eta)
         if net.bias:

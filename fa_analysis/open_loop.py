@@ -1,4 +1,4 @@
-"""The open-loop experiment (SPEC section 7; the paper's Figs 2-3) and its graded beta sweep.
+"""The open-loop experiment (method §7; the paper's Figs 2-3) and its graded beta sweep.
 
 A two-layer network ``n_0 - n_1 - n_2`` (ReLU hidden layer, no bias) learns by feedback alignment
 from an input ``L_0`` and an output error ``delta_2`` that are *imposed*, not produced by targets:
@@ -6,10 +6,10 @@ from an input ``L_0`` and an output error ``delta_2`` that are *imposed*, not pr
     Z_1 = L_0 W_0,   L_1 = relu(Z_1)
     delta_1 = (delta_2 B_1) * relu'(Z_1)
     dW_1 = L_1^T delta_2,   dW_0 = L_0^T delta_1
-    W_l <- W_l + eta dW_l                                   (SPEC section 1 sign convention)
+    W_l <- W_l + eta dW_l                                   (method §1 sign convention)
 
 and we track ``angle(W_1, B_1^T)``. Whether W_1 aligns with B_1^T depends only on the correlations
-of the imposed signals (SPEC section 6: ``M = P[k-o]^T P[k]``, ``P = L_0^T delta_2``):
+of the imposed signals (method §6: ``M = P[k-o]^T P[k]``, ``P = L_0^T delta_2``):
 
     auto   L_0 and delta_2 drawn once, independently, held fixed   (auto-correlation)
     cross  drawn fresh each iteration with L_0 = delta_2              (cross-correlation)
@@ -24,7 +24,7 @@ W_1, B_1, in that order, for all repetitions), ``seed + SIGNAL_SEED_OFFSET`` dra
 signals. The same seed therefore gives the same initial weights in every scenario and every beta,
 so the scenarios differ only in their signals.
 
-Beta sweep (SPEC section 7, extension). ``delta_2[k] = beta delta_2[k-1] + (1 - beta) xi[k]``
+Beta sweep (method §7, extension). ``delta_2[k] = beta delta_2[k-1] + (1 - beta) xi[k]``
 with ``delta_2[0] = xi[0]`` and ``xi ~ N(0, 1)``, for each beta, with and without WN (gamma).
 What ``L_0`` does is the setting ``beta_sweep.input``:
 
@@ -36,10 +36,10 @@ What ``L_0`` does is the setting ``beta_sweep.input``:
     fresh             L_0 drawn fresh each iteration (then E[L_0[j] L_0[k]^T] = 0 for j != k,
                       so M has zero mean whatever beta: a control).
 
-The recursion is the SPEC's as written: its stationary standard deviation is
+The recursion is method §7.3's as written: its stationary standard deviation is
 ``sqrt((1 - beta) / (1 + beta))`` (smaller signals for larger beta < 1); it is not renormalised.
 The B_1 entries are N(0, init_std^2) and never normalised (no IBN in the open loop); WN rescales the
-columns of W_0 and W_1 to norm gamma after initialisation and after every update (SPEC section 3).
+columns of W_0 and W_1 to norm gamma after initialisation and after every update (method §3).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ Signals = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass(frozen=True)
 class OpenLoopSettings:
-    """The ``open_loop`` config slice (SPEC section 7), validated before any compute."""
+    """The ``open_loop`` config slice (method §7), validated before any compute."""
 
     sizes: tuple[int, int, int]
     batch_size: int
@@ -201,7 +201,7 @@ def train_open_loop(
 
 
 def _normalize_columns_per_repetition_(*stacks: torch.Tensor, gamma: float) -> None:
-    """WN (SPEC 3) in place on stacks ``(R, n_l, n_{l+1})``: each repetition's matrix on its own."""
+    """WN (method §3) in place on stacks ``(R, n_l, n_{l+1})``: each repetition's matrix on its own."""
     normalize_columns_([W for stack in stacks for W in stack.unbind(0)], gamma)
 
 
@@ -210,7 +210,7 @@ def _normalize_columns_per_repetition_(*stacks: torch.Tensor, gamma: float) -> N
 
 
 def scenario_signals(scenario: str, s: OpenLoopSettings) -> Signals:
-    """The ``(L_0, delta_2)`` stream of one scenario (table in SPEC section 7), every draw N(0, 1)."""
+    """The ``(L_0, delta_2)`` stream of one scenario (table in method §7), every draw N(0, 1)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown open-loop scenario {scenario!r}; accepted: {SCENARIOS}")
     n_0, _, n_2 = s.sizes

@@ -1,4 +1,4 @@
-"""The remainder of the expansion of an FA update over the whole history (SPEC 6).
+"""The remainder of the expansion of an FA update over the whole history (method §6).
 
 For ``l = 1..d-1`` the update of an FA run without WN expands as (``alignment_terms``)
 
@@ -101,7 +101,7 @@ def history_bytes(sizes, itemsize: int, settings: RemainderSettings, num_iterati
 
 
 class RemainderObserver:
-    """``R_l[k]`` and ``R^lin_l[k]`` of an FA run without WN, over the whole history (SPEC 6).
+    """``R_l[k]`` and ``R^lin_l[k]`` of an FA run without WN, over the whole history (method §6).
 
     ``finish()`` returns ``{"remainder": table}``: one row per measured iteration k (the state
     before step k) and layer l = 1..d-1, columns ``iteration, layer`` and

@@ -1,4 +1,4 @@
-"""Shadow weight sequences beside a real FA run (SPEC section 6; the paper's Figs 9 and 10).
+"""Shadow weight sequences beside a real FA run (method §6; the paper's Figs 9 and 10).
 
 Each shadow starts from the real ``W_l[0]`` and accumulates, at every step k, the zero-degree term
 plus alignment terms summed over all lags (``alignment_terms``), built from the real run's
@@ -77,7 +77,7 @@ def draw_random_B(sizes: list[int], init_std: float, seed: int, ibn: bool, like:
 
 
 class ShadowObserver:
-    """Linearised and random-B' shadow weights beside an FA run without WN (SPEC 6).
+    """Linearised and random-B' shadow weights beside an FA run without WN (method §6).
 
     Settings from ``spec.observers["shadow"]`` (or given here): ``random_b_seed_offset``.
     ``finish()`` returns ``{"shadow": table}`` with one row per iteration k (the state before

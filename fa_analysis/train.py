@@ -1,4 +1,4 @@
-"""The training loop, its per-iteration metrics, evaluation, snapshots and divergence (SPEC 5).
+"""The training loop, its per-iteration metrics, evaluation, snapshots and divergence (method §5).
 
 ``train_run(spec, dataset, out_dir)`` trains one network with plain SGD under the rule of
 ``spec`` (``bp``, ``fa`` or ``dfa``), optionally with WN, and writes the run directory of
@@ -279,7 +279,7 @@ def _runs(keys: Sequence, start: int, end: int) -> list[tuple[int, int]]:
 
 
 class Engine:
-    """One training step on preallocated memory, and the per-iteration records (SPEC 1, 3, 5).
+    """One training step on preallocated memory, and the per-iteration records (method §1, §3, §5).
 
     ``compute(k, X, Y)`` runs step ``k`` up to its updates, ``apply()`` makes the step. Memory:
 
@@ -416,7 +416,7 @@ class Engine:
         applied (``apply``). The returned lists are views into buffers reused at the next step.
         """
         d, W, b, Z, L = self.d, self.W, self.b, self.Z, self.L
-        # forward (SPEC 1): Z_{l+1} = L_l W_l + 1 b_{l+1}, L_{l+1} = f(Z_{l+1}), L_0 = X
+        # forward (method §1): Z_{l+1} = L_l W_l + 1 b_{l+1}, L_{l+1} = f(Z_{l+1}), L_0 = X
         L[0] = X
         for l in range(d):
             torch.addmm(b[l], L[l], W[l], out=Z[l + 1])
@@ -456,7 +456,7 @@ class Engine:
         return Z, L, self.E, self.delta, self.dW, self.db  # db: views of db_all, zeros that stay zero with bias off
 
     def apply(self) -> None:
-        """The step ``W += eta dW``, ``b += eta db`` as one flat update (SPEC 1), then WN (SPEC 3)."""
+        """The step ``W += eta dW``, ``b += eta db`` as one flat update (method §1), then WN (method §3)."""
         self.theta.add_(self.dtheta, alpha=self.spec.eta)
         if self.spec.wn:
             normalize_columns_(self.W_groups, self.spec.gamma)
@@ -468,7 +468,7 @@ class Engine:
 
 
 def initial_network(spec: RunSpec, device, dtype) -> Network:
-    """The state at ``k = 0`` (SPEC 2-3): seeded ``W``, ``b``, ``B``, ``D``, then WN and IBN if asked."""
+    """The state at ``k = 0`` (method §2-§3): seeded ``W``, ``b``, ``B``, ``D``, then WN and IBN if asked."""
     net = init_network(
         spec.sizes, spec.init_std, bias=spec.bias, activation=spec.activation, seed=spec.seed,
         device=device, dtype=dtype,
@@ -495,7 +495,7 @@ def train_run(
     log: Callable[[str], Any] = print,
     labels: Tensor | np.ndarray | None = None,
 ) -> RunResult:
-    """Train one network (SPEC 5) and write its run directory ``out_dir`` (docs/design.md).
+    """Train one network (method §5) and write its run directory ``out_dir`` (docs/design.md).
 
     ``dataset`` has ``X_train``, ``y_train``, ``X_test``, ``y_test`` (``data.load_prepared``);
     ``labels`` replaces ``y_train`` (the noisy labels of ``spec.label_noise``). Divergence
@@ -510,7 +510,7 @@ def train_run(
     X_train, y_train, X_test, y_test = _check_dataset(spec, dataset, labels, observers)
     torch.set_num_threads(spec.threads)
 
-    # --- state at k = 0: seeded init, WN, IBN (SPEC 2-3)
+    # --- state at k = 0: seeded init, WN, IBN (method §2-§3)
     net0 = initial_network(spec, device, dtype)
     n_batches = X_train.shape[0] // spec.batch_size
     K = spec.epochs * n_batches
@@ -777,12 +777,15 @@ def _weights_dict(net: Network, when: str) -> dict[str, np.ndarray]:
 
 
 def _log_epoch(log, spec: RunSpec, epoch: int, loss_x2: Tensor, n_batches: int, evaluation: dict, net: Network, rate: float) -> None:
-    train_loss = 0.5 * loss_x2[(epoch - 1) * n_batches : epoch * n_batches].mean().item() if epoch else math.nan
+    train_loss, rate_text = "-", "-"  # before the first step there is neither a training loss nor a rate
+    if epoch:
+        train_loss = f"{0.5 * loss_x2[(epoch - 1) * n_batches : epoch * n_batches].mean().item():.2f}"
+        rate_text = f"{rate:.1f}"
     angles = " ".join(f"{angle_deg(net.W[l], net.B[l].T).item():.1f}" for l in range(1, net.d))
     log(
-        f"[{spec.name}] epoch {epoch}/{spec.epochs} train_loss {train_loss:.2f} "
+        f"[{spec.name}] epoch {epoch}/{spec.epochs} train_loss {train_loss} "
         f"test_acc {evaluation['test_accuracy']:.4f} test_loss {evaluation['test_loss']:.3f} "
-        f"angle(W_l,B_l^T) {angles} | {rate:.1f} it/s"
+        f"angle(W_l,B_l^T) {angles} | {rate_text} it/s"
     )
 
 

@@ -1,7 +1,7 @@
 """A small synthetic FA run that drives observers exactly as the training loop does.
 
 Class-structured inputs (class means plus noise), one-hot targets, a fixed cycle of minibatches
-(the same order every epoch, as in SPEC 4). Built from the engine's pure functions so that the
+(the same order every epoch, as in method §4). Built from the engine's pure functions so that the
 tests can also keep the whole history and compute sums over all lags by brute force.
 """
 

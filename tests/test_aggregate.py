@@ -1,4 +1,4 @@
-"""Aggregation over seeds, divergence bookkeeping and the summary table (SPEC sections 5 and 9)."""
+"""Aggregation over seeds, divergence bookkeeping and the summary table (method §5 and §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Alignment terms (SPEC section 6): the terms, the expansion, the remainder, the observer tables."""
+"""Alignment terms (method §6): the terms, the expansion, the remainder, the observer tables."""
 
 import math
 
@@ -149,7 +149,7 @@ def test_tables_cover_the_requested_iterations_lags_and_layers():
 
 
 def test_repeated_minibatches_align_the_terms_and_classes_shape_similarity():
-    """A fixed cycle of 5 minibatches: lag 5 and 10 are the same data again (SPEC 6, lag 60 on MNIST)."""
+    """A fixed cycle of 5 minibatches: lag 5 and 10 are the same data again (method §6, lag 60 on MNIST)."""
     run = synthetic_fa_run([at.AlignmentTermsObserver(SETTINGS)], eta=4e-3, iterations=60, n_batches=5)
     lag = run.frames["terms_lag"]
     late = lag[(lag.iteration == 59) & (lag.kind == "linear")].groupby("lag")["angle"].mean()

@@ -55,7 +55,7 @@ def test_every_default_config_key_is_in_the_schema():
 
 
 def test_default_config_is_the_spec_protocol(default_config):
-    """SPEC 5, 7, 8: the defaults are the study's protocol."""
+    """method §5, §7, §8: the defaults are the study's protocol."""
     c = default_config
     assert c["network"]["sizes"] == [225, 50, 50, 50, 50, 50]
     assert c["network"]["activation"] == "tanh_relu" and c["network"]["init_std"] == 0.1

@@ -1,4 +1,4 @@
-"""Tests of the data module (SPEC section 4) on the real MNIST files (``mnist_root`` from conftest)."""
+"""Tests of the data module (method §4) on the real MNIST files (``mnist_root`` from conftest)."""
 
 import hashlib
 import json

@@ -1,4 +1,4 @@
-"""Weight-trajectory embeddings (SPEC section 8) on small synthetic trajectories (no MNIST)."""
+"""Weight-trajectory embeddings (method §8) on small synthetic trajectories (no MNIST)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures of SPEC section 9 from small synthetic aggregates: bands, moving average, valid files."""
+"""Figures of method §9 from small synthetic aggregates: bands, moving average, valid files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Angles between matrices (SPEC sections 1 and 5)."""
+"""Angles between matrices (method §1 and §5)."""
 
 import math
 

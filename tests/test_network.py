@@ -1,4 +1,4 @@
-"""The forward pass and the learning rules (SPEC sections 1-2)."""
+"""The forward pass and the learning rules (method §1-§2)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Weight normalisation and IBN (SPEC section 3)."""
+"""Weight normalisation and IBN (method §3)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The open-loop experiment (SPEC section 7): scenarios, beta sweep, seeds, artifacts."""
+"""The open-loop experiment (method §7): scenarios, beta sweep, seeds, artifacts."""
 
 import copy
 import json
@@ -42,7 +42,7 @@ def test_none_stays_near_90_while_correlated_scenarios_align(scenario_frames):
     assert abs(final["none"] - 90) < 5, final
     for scenario in ("auto", "cross", "both"):
         assert final[scenario] < 75, final
-    assert final["cross"] == min(final.values()), final  # SPEC 10: "cross" aligns the most
+    assert final["cross"] == min(final.values()), final  # method §10: "cross" aligns the most
 
 
 def test_frame_layout_and_shared_initial_weights(scenario_frames):

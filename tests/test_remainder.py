@@ -1,4 +1,4 @@
-"""The remainder of the expansion over the whole history (SPEC section 6), and the history it uses."""
+"""The remainder of the expansion over the whole history (method §6), and the history it uses."""
 
 import numpy as np
 import pandas as pd

@@ -1,4 +1,4 @@
-"""Shadow weight sequences (SPEC section 6): linearised and random-B' shadows beside a real FA run."""
+"""Shadow weight sequences (method §6): linearised and random-B' shadows beside a real FA run."""
 
 import pandas as pd
 import pytest

@@ -1,4 +1,4 @@
-"""The training loop, its metrics, evaluation, snapshots, divergence and artifacts (SPEC 5)."""
+"""The training loop, its metrics, evaluation, snapshots, divergence and artifacts (method §5)."""
 
 import json
 import math
@@ -82,7 +82,7 @@ class Recorder:
 
 
 # --------------------------------------------------------------------------------------------
-# The loop computes what the SPEC says
+# The loop computes what docs/method.md says
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-# Analysis stage (SPEC 8, 9): mean and sd over seeds per condition, the weight-trajectory
+# Analysis stage (method §8, §9): mean and sd over seeds per condition, the weight-trajectory
 # embeddings, and the summary table. Aggregation and the table are cheap and run locally.
 
 

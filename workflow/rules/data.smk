@@ -1,4 +1,4 @@
-# Data stage (SPEC 4): MNIST resized to 15x15 once, and the fixed draws of noisy labels.
+# Data stage (method §4): MNIST resized to 15x15 once, and the fixed draws of noisy labels.
 # data.root and data.download say where MNIST is, not what is computed: they are read from the
 # config by the script and are not params, so moving the files reruns nothing.
 

@@ -1,4 +1,4 @@
-# Figures stage (SPEC 9): one rule per figure, figure_{name}, drawn from aggregated results by
+# Figures stage (method §9): one rule per figure, figure_{name}, drawn from aggregated results by
 # fa_analysis.figures.plot_{name}. Each is a report output with the caption workflow/report/{name}.rst.
 # The table says what each figure shows; its keys name the inputs for fa_analysis.cli.figure_job.
 

@@ -1,4 +1,4 @@
-# Mechanisms stage (SPEC 6): the alignment terms, the shadow weights and the remainder are
+# Mechanisms stage (method §6): the alignment terms, the shadow weights and the remainder are
 # measured inside FA training runs (observers of the engine; the run specs of experiments `terms`,
 # `shadow` and `remainder` carry their settings), so this stage adds no job of its own: it names
 # the stage as a target,

@@ -1,4 +1,4 @@
-# Open-loop stage (SPEC 7): the 20-100-20 network with imposed input L_0 and output error delta_2.
+# Open-loop stage (method §7): the 20-100-20 network with imposed input L_0 and output error delta_2.
 # Independent of MNIST and of every training job. A scenario's params leave out the beta sweep
 # and the list of scenarios, so editing those reruns only what they change.
 

@@ -1,4 +1,4 @@
-# Training stage (SPEC 5, 6, 8): one job per (experiment, condition, seed) of every experiment.
+# Training stage (method §5, §6, §8): one job per (experiment, condition, seed) of every experiment.
 # The job's params are its run spec (config.run_specs) and the hash of the code it runs: editing
 # one condition's eta reruns exactly the runs of that condition and what is computed from them.
 
