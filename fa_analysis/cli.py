@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runs = run_specs(load_config(args.config))
     except ConfigError as error:
-        print(f"{args.config}: {error}", file=sys.stderr)
+        print(error, file=sys.stderr)
         return 2
     if args.command == "check-config":
         for experiment, conditions in experiment_conditions(runs).items():
