@@ -25,7 +25,11 @@ log = logging.getLogger("fa_analysis")
 
 @contextlib.contextmanager
 def job_log(path: str | Path) -> Iterator[None]:
-    """Send the job's logging, stdout and stderr (and a failure's traceback) to its log file."""
+    """Send the job's logging, stdout and stderr (and a failure's traceback) to its log file.
+
+    The package logs at INFO; other libraries only their warnings and errors (matplotlib and
+    fontTools would otherwise fill a figure's log with font-subsetting details).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", buffering=1) as handle:
@@ -33,7 +37,9 @@ def job_log(path: str | Path) -> Iterator[None]:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        levels = (root.level, log.level)
+        root.setLevel(logging.WARNING)
+        log.setLevel(logging.INFO)
         try:
             with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
                 yield
@@ -42,6 +48,8 @@ def job_log(path: str | Path) -> Iterator[None]:
             raise
         finally:
             root.removeHandler(handler)
+            root.setLevel(levels[0])
+            log.setLevel(levels[1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from fa_analysis import aggregate, figures  # noqa: E402
+from fa_analysis import aggregate, cli, figures  # noqa: E402
 from results_synthetic import write_run, write_shadow_table, write_terms_tables  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -172,3 +174,20 @@ def test_unknown_condition_colour_is_an_error(aggregated, tmp_path):
 def test_missing_aggregate_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.parquet"):
         figures.plot_angle_W_Bt({"fa": tmp_path / "nowhere"}, tmp_path / "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# A figure's log
+# ---------------------------------------------------------------------------------------------
+
+
+def test_figure_log_holds_no_third_party_chatter(aggregated, tmp_path):
+    """Saving a PDF makes fontTools log every font subset at INFO; the job log keeps the package's lines."""
+    log = tmp_path / "accuracy_loss.log"
+    outputs = [str(tmp_path / "accuracy_loss.png"), str(tmp_path / "accuracy_loss.pdf")]
+    level = logging.getLogger().level
+    with cli.job_log(log):
+        cli.figure_job("accuracy_loss", {c: str(d) for c, d in aggregated["main"].items()}, outputs, {})
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and "INFO drew" in lines[0], lines[:5]
+    assert logging.getLogger().level == level  # the job log leaves the root logger as it was
