@@ -176,7 +176,8 @@ def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], opt
     """Draw figure ``name`` (SPEC 9) from its named inputs into ``figures/{name}.{format}``.
 
     ``inputs`` are keyed as the workflow names them: condition names for aggregated directories,
-    scenario names, ``wn0``/``wn1`` for the beta sweep, ``{condition}_p{level}`` for label noise,
+    scenario names, ``wn0``/``wn1`` for the beta sweep, the run names ``{condition}_p{level}`` of
+    label noise,
     alignment-term variants, ``shadow``, ``pca``, ``umap``. ``options`` are the figure's settings.
     """
     from fa_analysis import figures
@@ -196,8 +197,12 @@ def _figure_inputs(name: str, inputs: dict[str, str]):
     """Reshape the named inputs into what ``figures.plot_{name}`` takes."""
     if name == "open_loop_beta":
         return {bool(int(key.removeprefix("wn"))): path for key, path in inputs.items()}
-    if name == "label_noise":
-        return {int(re.fullmatch(r".*_p(\d+)", key).group(1)): path for key, path in inputs.items()}
+    if name == "label_noise":  # {condition: {level: path}}
+        by_condition: dict[str, dict[int, str]] = {}
+        for key, path in inputs.items():
+            condition, level = re.fullmatch(r"(.+)_p(\d+)", key).groups()
+            by_condition.setdefault(condition, {})[int(level)] = path
+        return by_condition
     if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "trajectory_pca", "trajectory_umap"):
         return next(iter(inputs.values()))
     return inputs
