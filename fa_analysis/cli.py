@@ -6,6 +6,9 @@ no science. The same jobs can be run by hand, e.g. one training run of a config:
 
     fa-analysis check-config config.yaml
     fa-analysis train config.yaml main/fa/0 --dataset results/data/mnist15.npz --out /tmp/fa0
+
+A wrong argument stops the command before any compute with exit code 2 and a line naming the
+argument and the fix.
 """
 
 from __future__ import annotations
@@ -96,17 +99,44 @@ def observers_of(spec: Mapping, true_labels=None) -> list:
     return [known[name]() for name in spec["observers"]]
 
 
+def read_labels(spec: Mapping, labels_path: str | None):
+    """The training labels of a run: ``(noisy labels or None, their source for run.json)``.
+
+    A run with ``label_noise`` p > 0 needs the noisy-label file of level p (the data stage's
+    ``labels_noise{p}.npz``); a run with ``label_noise`` 0 trains on the data set's labels and takes
+    no file. Raises ``ValueError`` naming the file and the run's level on any mismatch.
+    """
+    from fa_analysis import data
+
+    run = f"{spec['experiment']}/{spec['condition']}/{spec['seed']}"
+    level = float(spec["label_noise"])
+    if labels_path is None:
+        if level > 0:
+            raise ValueError(f"run {run} trains on {level:g} % noisy labels but no labels file was given: "
+                             f"give the file of that level (the workflow's data/labels_noise{level:g}.npz)")
+        return None, {"file": None, "label_noise": 0.0}
+    if level == 0:
+        raise ValueError(f"run {run} trains on the data set's true labels (label_noise 0): "
+                         f"give no labels file (got {labels_path})")
+    labels, metadata = data.load_labels(labels_path)
+    if float(metadata["percent"]) != level:
+        raise ValueError(f"labels file {labels_path} holds {metadata['percent']:g} % noisy labels but run {run} "
+                         f"has label_noise {level:g}: give the file of level {level:g}")
+    return labels, {"file": str(labels_path), "label_noise": level, "seed": metadata["seed"]}
+
+
 def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str | None, out_dir: str) -> None:
     """One training run (SPEC 5): its artifact directory appears only once the run has finished."""
     import torch
 
     from fa_analysis import data, train
 
+    labels, labels_source = read_labels(spec, labels_path)
     torch.set_num_threads(threads)
     run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
     dataset = data.load_prepared(dataset_path)
-    labels = data.load_labels(labels_path)[0] if labels_path else None
-    train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train), log=log.info, labels=labels)
+    train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train),
+                    log=log.info, labels=labels, labels_source=labels_source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,8 +242,29 @@ def _figure_inputs(name: str, inputs: dict[str, str]):
 # The command line
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error naming the argument, instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _run_id(text: str) -> tuple[str, str, int]:
+    parts = text.split("/")
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not experiment/condition/seed, e.g. main/fa/0 (`fa-analysis specs CONFIG` lists the runs)")
+    return parts[0], parts[1], int(parts[2])
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of threads; pass e.g. --threads 1")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fa-analysis", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fa-analysis", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check-config", help="validate a config and count its training runs")
@@ -224,11 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     one = commands.add_parser("train", help="run one training job of a config by hand")
     one.add_argument("config")
-    one.add_argument("run", help="experiment/condition/seed, e.g. main/fa/0")
+    one.add_argument("run", type=_run_id, help="experiment/condition/seed, e.g. main/fa/0")
     one.add_argument("--dataset", required=True, help="the prepared data set (results/data/mnist15.npz)")
-    one.add_argument("--labels", help="noisy labels, for runs with label noise")
-    one.add_argument("--out", required=True, help="the run directory to create")
-    one.add_argument("--threads", type=int, default=1)
+    one.add_argument("--labels", help="the noisy labels of the run's level (results/data/labels_noise{p}.npz), "
+                                      "for runs with label noise only")
+    one.add_argument("--out", required=True, help="the run directory to create; must not exist or be empty")
+    one.add_argument("--force", action="store_true", help="replace --out even if it exists and is not empty")
+    one.add_argument("--threads", type=_threads, default=1, help="torch threads (default 1)")
 
     args = parser.parse_args(argv)
     from fa_analysis.config import ConfigError, experiment_conditions, load_config, run_specs
@@ -247,13 +300,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in runs.values():
             print(json.dumps(spec))
     elif args.command == "train":
-        experiment, condition, seed = args.run.split("/")
-        key = (experiment, condition, int(seed))
-        if key not in runs:
-            print(f"no run {args.run} in {args.config}; see `fa-analysis specs {args.config}`", file=sys.stderr)
-            return 2
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        train_job(runs[key], args.threads, args.dataset, args.labels, args.out)
+        if args.run not in runs:
+            one.error(f"argument run: no run {'/'.join(map(str, args.run))} in {args.config} "
+                      f"(`fa-analysis specs {args.config}` lists the runs)")
+        if not Path(args.dataset).is_file():
+            one.error(f"argument --dataset: {args.dataset} does not exist; give the prepared data set "
+                      "(the workflow's data/mnist15.npz)")
+        out = Path(args.out)
+        if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+            one.error(f"argument --out: {out} exists and is not an empty directory; "
+                      "give a new directory, or --force to replace it")
+        try:
+            read_labels(runs[args.run], args.labels)
+        except (ValueError, FileNotFoundError) as error:
+            one.error(f"argument --labels: {error}")
+        logging.basicConfig(format="%(asctime)s %(message)s")
+        log.setLevel(logging.INFO)
+        train_job(runs[args.run], args.threads, args.dataset, args.labels, args.out)
     return 0
 
 
