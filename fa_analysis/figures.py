@@ -257,6 +257,12 @@ def _note_figure(title: str, note: str, out_stem: PathLike, formats: Sequence[st
     return save_figure(fig, out_stem, formats)
 
 
+def _trajectory_label(method: str, status: str) -> str:
+    """The legend label of one trajectory run, saying so when it diverged (its trajectory stops there)."""
+    label = _condition_label(method)
+    return f"{label} (its run diverged)" if status == "diverged" else label
+
+
 def _condition_color(condition: str) -> str:
     if condition not in PALETTE:
         raise KeyError(f"no colour for condition '{condition}'; add it to figures.PALETTE (has {list(PALETTE)})")
@@ -578,9 +584,9 @@ def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence
     images = f" over {int(data['landscape_images']):,} training images" if "landscape_images" in data else ""
     fig.colorbar(contour, ax=ax, label=f"summed training loss{images}{scale}",
                  format=FuncFormatter(lambda value, _: f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"))
-    for index, method in enumerate(data["methods"]):
+    for index, (method, status) in enumerate(zip(data["methods"], data["method_status"])):
         points = data["points"][data["point_method"] == index]
-        color, label = _condition_color(str(method)), _condition_label(str(method))
+        color, label = _condition_color(str(method)), _trajectory_label(str(method), str(status))
         ax.plot(points[:, 0], points[:, 1], color=color, linewidth=1.6, label=label)
         ax.plot(*points[0], marker="o", color=color, markersize=6, markeredgecolor="white")
         ax.plot(*points[-1], marker="s", color=color, markersize=6, markeredgecolor="white")
@@ -603,7 +609,7 @@ def plot_trajectory_umap(umap_parquet: PathLike, out_stem: PathLike,
     fig, ax = plt.subplots(figsize=(6.0, 5.0), constrained_layout=True)
     for method, points in table.groupby("method", sort=False):
         points = points.sort_values("iteration")
-        color, label = _condition_color(str(method)), _condition_label(str(method))
+        color, label = _condition_color(str(method)), _trajectory_label(str(method), points["status"].iloc[0])
         ax.plot(points["umap_1"], points["umap_2"], color=color, linewidth=0.6, alpha=0.6)
         ax.scatter(points["umap_1"], points["umap_2"], color=color, s=5, label=label, rasterized=True)
         first, last = points.iloc[0], points.iloc[-1]
