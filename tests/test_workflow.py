@@ -19,9 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+from fa_analysis import aggregate, cli, embedding
 from fa_analysis import config as fa_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +93,32 @@ class Workflow:
             if row["plan"] != "no update":
                 jobs.setdefault(row["rule"], []).append(row["output_file"])
         return jobs
+
+
+def copy_of(smoke_run, path: Path) -> Path:
+    """A copy of the finished smoke run's working directory (results and Snakemake's records)."""
+    workdir, _, _ = smoke_run
+    shutil.copytree(workdir, path, symlinks=True)
+    return path
+
+
+def with_eta(path: Path, condition: str, eta: float) -> Path:
+    """The smoke config with every condition of config.yaml written out and ``condition``'s eta
+    changed: what Snakemake merges and what ``load_config`` reads are then the same config."""
+    config = smoke_config()
+    config["conditions"] = fa_config.load_config(REPO / "config.yaml")["conditions"]
+    config["conditions"][condition]["eta"] = eta
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def process_with_open(path: Path) -> int | None:
+    """The id of a process that has ``path`` open, from /proc; None when there is none."""
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                return int(fds.parent.name)
+    return None
 
 
 def training_runs(outputs: list[str]) -> set[tuple[str, str, int]]:
@@ -259,6 +288,73 @@ def test_killed_training_job_leaves_nothing_complete(smoke_run, tmp_path, workfl
     assert ("main", "fa", 0) in training_runs(workflow.planned(workdir)["train"])
     workflow.run(workdir, target, timeout=300)
     assert (workdir / target / "run.json").is_file()
+
+
+@slow
+def test_killed_job_after_a_config_edit_leaves_nothing_stale(smoke_run, tmp_path, workflow, one_torch_thread):
+    """Edit conditions.bp.eta, SIGKILL one retraining job's python process (as the kernel's
+    out-of-memory killer would): the aggregation, embeddings, figures and summary made from the
+    old run must not look current. The next run rebuilds the lost run and everything made from
+    it, with the results of a clean run."""
+    workdir = copy_of(smoke_run, tmp_path / "edited")
+    edited = with_eta(workdir / "edited.yaml", "bp", 8.0e-4)
+    results = workdir / smoke_config()["results"]
+    run = results / "runs" / "trajectory" / "bp" / "seed0"
+    log = results / "logs" / "train" / "trajectory" / "bp" / "seed0.log"
+
+    process = subprocess.Popen(workflow.command(workdir, configfile=edited.name), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=workflow.env)
+    deadline = time.monotonic() + 300
+    while (job := process_with_open(log)) is None:
+        assert process.poll() is None, f"snakemake ended before trajectory/bp/seed0 started:\n{process.stderr.read()}"
+        assert time.monotonic() < deadline, "the training job of trajectory/bp/seed0 did not start"
+        time.sleep(0.02)
+    os.kill(job, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and "trajectory/bp/seed0" in stderr
+    assert not run.exists()
+
+    # what was made from the old trajectory/bp run is planned again, with the run itself
+    jobs = workflow.planned(workdir, configfile=edited.name)
+    assert ("trajectory", "bp", 0) in training_runs(jobs["train"])
+    assert str(results.relative_to(workdir) / "aggregated" / "trajectory" / "bp") in jobs["aggregate"]
+    assert {"trajectory_pca", "trajectory_umap", "figure_trajectory_pca", "figure_trajectory_umap",
+            "summary"} <= set(jobs)
+    workflow.run(workdir, configfile=edited.name)
+    result = workflow.run(workdir, "--dry-run", configfile=edited.name)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+    # the results are those of a clean run: the same run trained here, aggregated and embedded
+    spec = fa_config.run_specs(fa_config.load_config(edited))[("trajectory", "bp", 0)]
+    assert spec["eta"] == 8.0e-4
+    clean = tmp_path / "clean" / "runs" / "trajectory" / "bp" / "seed0"
+    cli.train_job(spec, 1, str(results / "data" / "mnist15.npz"), None, str(clean))
+    for table in ("metrics", "evaluation"):
+        pd.testing.assert_frame_equal(pd.read_parquet(run / f"{table}.parquet"), pd.read_parquet(clean / f"{table}.parquet"))
+    for archive in ("snapshots", "weights"):
+        with np.load(run / f"{archive}.npz") as rebuilt, np.load(clean / f"{archive}.npz") as expected:
+            assert rebuilt.files == expected.files
+            assert all(np.array_equal(rebuilt[name], expected[name]) for name in expected.files), archive
+    clean_aggregate = tmp_path / "clean" / "aggregated" / "trajectory" / "bp"
+    aggregate.aggregate_condition([clean], clean_aggregate)
+    for table in ("metrics", "evaluation"):
+        pd.testing.assert_frame_equal(pd.read_parquet(results / "aggregated" / "trajectory" / "bp" / f"{table}.parquet"),
+                                      pd.read_parquet(clean_aggregate / f"{table}.parquet"))
+    summary = pd.read_csv(results / "tables" / "summary.csv").set_index(["experiment", "condition"])
+    expected = aggregate.summary_table([clean_aggregate], tmp_path / "s.csv", tmp_path / "s.md").iloc[0]
+    assert summary.loc[("trajectory", "bp"), "final_test_accuracy_mean"] == expected["final_test_accuracy_mean"]
+    trajectories = {name: str(results / "runs" / "trajectory" / name / "seed0") for name in ("fa", "bp_wn", "fa_wn")}
+    settings = fa_config.load_config(edited)["embedding"]
+    embedding.pca_landscape({"bp": str(clean), **trajectories}, results / "data" / "mnist15.npz",
+                            tmp_path / "pca.npz", tmp_path / "pca.json",
+                            {key: settings[key] for key in ("pca_grid", "pca_margin", "landscape_train_subset")})
+    with np.load(results / "embedding" / "trajectory_pca.npz") as rebuilt, np.load(tmp_path / "pca.npz") as expected:
+        for name in ("points", "loss", "explained_variance_ratio"):
+            np.testing.assert_allclose(rebuilt[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # UMAP and the figures: made again, after the rebuilt run
+    rebuilt_at = (run / "run.json").stat().st_mtime
+    for path in ("embedding/trajectory_umap.parquet", "figures/trajectory_pca.png", "figures/trajectory_umap.png"):
+        assert (results / path).stat().st_mtime > rebuilt_at, path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ for figure_name, figure_inputs in FIGURE_INPUTS.items():
         params:
             options=FIGURE_OPTIONS.get(figure_name, {}),
             code=CODE["figures"],
+            upstream=upstream(figure_inputs),
         log:
             results(f"logs/figures/{figure_name}.log"),
         localrule: True
