@@ -121,6 +121,30 @@ def process_with_open(path: Path) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def read_only(path: Path):
+    """``path`` read-only, for root too: a read-only bind mount over it where this process may mount,
+    else mode 0555 (which stops every user but root). Skips the test where neither holds."""
+    mounted = os.geteuid() == 0 and all(
+        subprocess.run(command, capture_output=True).returncode == 0
+        for command in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]))
+    mode = path.stat().st_mode
+    if not mounted:
+        subprocess.run(["umount", str(path)], capture_output=True)
+        path.chmod(0o555)
+    try:
+        with contextlib.suppress(OSError):
+            (path / ".probe").touch()
+            (path / ".probe").unlink()
+            pytest.skip(f"cannot make {path} read-only here (root without the right to mount)")
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=True)
+        else:
+            path.chmod(mode)
+
+
 def training_runs(outputs: list[str]) -> set[tuple[str, str, int]]:
     """``(experiment, condition, seed)`` of training outputs ``.../runs/{e}/{c}/seed{s}``."""
     keys = set()
@@ -355,6 +379,63 @@ def test_killed_job_after_a_config_edit_leaves_nothing_stale(smoke_run, tmp_path
     rebuilt_at = (run / "run.json").stat().st_mtime
     for path in ("embedding/trajectory_umap.parquet", "figures/trajectory_pca.png", "figures/trajectory_umap.png"):
         assert (results / path).stat().st_mtime > rebuilt_at, path
+
+
+@slow
+def test_results_read_only_midway_leave_nothing_stale(smoke_run, tmp_path, workflow):
+    """After an edit of conditions.bp.eta, the folder of one retrained run turns read-only once its
+    old output is gone: the run fails naming the path, nothing half-written is left, and once the
+    folder is writable again the next run plans the run and everything made from it."""
+    workdir = copy_of(smoke_run, tmp_path / "read_only")
+    edited = with_eta(workdir / "edited.yaml", "bp", 8.0e-4)
+    results = workdir / smoke_config()["results"]
+    folder = results / "runs" / "trajectory" / "bp"
+    shutil.rmtree(folder / "seed0")  # what Snakemake does first to the output of a job it reruns
+    log = results / "logs" / "train" / "trajectory" / "bp" / "seed0.log"
+    log.unlink()
+
+    with read_only(folder):
+        result = workflow.run(workdir, configfile=edited.name, check=False)
+        # Snakemake's own clean-up of the output, or the job writing it, meets the read-only folder
+        errors = result.stderr + (log.read_text() if log.exists() else "")
+        assert result.returncode != 0 and "trajectory/bp/seed0" in result.stderr
+        assert re.search(r"(Read-only file system|Permission denied): '\S*runs/trajectory/bp", errors)
+        assert list(folder.iterdir()) == []
+
+    jobs = workflow.planned(workdir, configfile=edited.name)
+    assert ("trajectory", "bp", 0) in training_runs(jobs["train"])
+    assert str(results.relative_to(workdir) / "aggregated" / "trajectory" / "bp") in jobs["aggregate"]
+    assert {"trajectory_pca", "trajectory_umap", "figure_trajectory_pca", "figure_trajectory_umap",
+            "summary"} <= set(jobs)
+
+
+@slow
+def test_a_second_snakemake_in_the_same_folder_is_refused(smoke_run, tmp_path, workflow):
+    """Two invocations at once: the second stops at Snakemake's lock without touching anything,
+    the first finishes as if alone."""
+    workdir = copy_of(smoke_run, tmp_path / "concurrent")
+    results = workdir / smoke_config()["results"]
+    figure, log = results / "figures" / "open_loop.png", results / "logs" / "figures" / "open_loop.log"
+    drawn = figure.stat().st_mtime_ns
+    first = subprocess.Popen(workflow.command(workdir, "--forcerun", "figure_open_loop"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=workflow.env)
+    deadline = time.monotonic() + 120
+    while (job := process_with_open(log)) is None:
+        assert first.poll() is None, f"the first snakemake ended before its job started:\n{first.stderr.read()}"
+        assert time.monotonic() < deadline, "the figure job did not start"
+        time.sleep(0.02)
+    os.kill(job, signal.SIGSTOP)  # hold the first run in the middle of its job
+    try:
+        before = {path: path.stat().st_mtime_ns for path in results.rglob("*")}
+        second = workflow.run(workdir, check=False)
+        assert second.returncode != 0 and "cannot be locked" in second.stderr
+        assert {path: path.stat().st_mtime_ns for path in results.rglob("*")} == before
+    finally:
+        os.kill(job, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-3000:]
+    assert figure.stat().st_mtime_ns > drawn
+    assert workflow.planned(workdir) == {}
 
 
 # ---------------------------------------------------------------------------------------------
