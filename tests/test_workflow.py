@@ -271,8 +271,9 @@ def test_editing_an_open_loop_setting_reruns_no_training(smoke_run, workflow):
     [  # one error of the schema, one of the cross-field checks (tests/test_config.py has them all)
         ({"conditions": {"fa": {"etaa": 1.0e-3}}}, "'conditions.fa.etaa'"),
         ({"conditions": {"bp": {"gamma": 0.6}}}, "'conditions.bp.gamma'"),
+        ({"experiments": {"main": {"seeds": []}}}, "'experiments.main.seeds' is empty: list at least one seed"),
     ],
-    ids=["typo", "gamma-without-wn"],
+    ids=["typo", "gamma-without-wn", "no-seeds"],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, workflow, overlay, key):
     workdir = workflow.workdir(tmp_path / "bad", overlay)
@@ -280,6 +281,16 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, workflow, over
     assert result.returncode != 0
     assert key in result.stderr
     assert not (workdir / "results").exists()
+
+
+@slow
+def test_a_number_without_a_dot_is_a_number(tmp_path, workflow):
+    """Snakemake reads --configfile with PyYAML, which takes 1e-4 for a string."""
+    workdir = workflow.workdir(tmp_path / "eta")
+    with (workdir / "smoke.yaml").open("a") as config:
+        config.write("conditions:\n  fa: {rule: fa, eta: 1e-4}\n")
+    result = workflow.run(workdir, "--dry-run", check=False, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @slow
