@@ -112,13 +112,16 @@ def with_eta(path: Path, condition: str, eta: float) -> Path:
     return path
 
 
-def process_with_open(path: Path) -> int | None:
-    """The id of a process that has ``path`` open, from /proc; None when there is none."""
+def processes_with_open(paths) -> dict[Path, int]:
+    """``{path: process id}`` of the processes that have one of ``paths`` open, from /proc."""
+    wanted = {str(path): Path(path) for path in paths}
+    found = {}
     for fds in Path("/proc").glob("[0-9]*/fd"):
         with contextlib.suppress(OSError):
-            if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
-                return int(fds.parent.name)
-    return None
+            for fd in fds.iterdir():
+                if (target := os.readlink(fd)) in wanted:
+                    found[wanted[target]] = int(fds.parent.name)
+    return found
 
 
 @contextlib.contextmanager
@@ -326,98 +329,93 @@ def test_killed_training_job_leaves_nothing_complete(smoke_run, tmp_path, workfl
 
 
 @slow
-def test_killed_job_after_a_config_edit_leaves_nothing_stale(smoke_run, tmp_path, workflow, one_torch_thread):
-    """Edit conditions.bp.eta, SIGKILL one retraining job's python process (as the kernel's
-    out-of-memory killer would): the aggregation, embeddings, figures and summary made from the
-    old run must not look current. The next run rebuilds the lost run and everything made from
-    it, with the results of a clean run."""
+def test_killed_jobs_after_a_config_edit_leave_nothing_stale(smoke_run, tmp_path, workflow, one_torch_thread):
+    """Edit conditions.bp.eta, then SIGKILL the python process of each retraining job as it starts
+    (as the kernel's out-of-memory killer would): what was made from the old runs (aggregates,
+    embeddings, figures, the summary) must not look current. The next run rebuilds the lost runs
+    and everything made from them, with the results of a clean run."""
     workdir = copy_of(smoke_run, tmp_path / "edited")
     edited = with_eta(workdir / "edited.yaml", "bp", 8.0e-4)
     results = workdir / smoke_config()["results"]
-    run = results / "runs" / "trajectory" / "bp" / "seed0"
-    log = results / "logs" / "train" / "trajectory" / "bp" / "seed0.log"
+    planned = workflow.planned(workdir, configfile=edited.name)
+    retrained = training_runs(planned["train"])
+    assert retrained and {condition for _, condition, _ in retrained} == {"bp"}
+    logs = {results / "logs" / "train" / e / c / f"seed{s}.log" for e, c, s in retrained}
 
-    process = subprocess.Popen(workflow.command(workdir, configfile=edited.name), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=workflow.env)
-    deadline = time.monotonic() + 300
-    while (job := process_with_open(log)) is None:
-        assert process.poll() is None, f"snakemake ended before trajectory/bp/seed0 started:\n{process.stderr.read()}"
-        assert time.monotonic() < deadline, "the training job of trajectory/bp/seed0 did not start"
+    process = subprocess.Popen(workflow.command(workdir, "--keep-going", configfile=edited.name),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=workflow.env)
+    killed, deadline = set(), time.monotonic() + 300
+    while killed != logs:
+        assert process.poll() is None, f"snakemake ended before every job was killed:\n{process.stderr.read()}"
+        assert time.monotonic() < deadline, f"not every retraining job started: {sorted(logs - killed)}"
+        for log, job in processes_with_open(logs - killed).items():
+            os.kill(job, signal.SIGKILL)
+            killed.add(log)
         time.sleep(0.02)
-    os.kill(job, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode != 0 and "trajectory/bp/seed0" in stderr
-    assert not run.exists()
+    process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert not any((results / "runs" / e / c / f"seed{s}").exists() for e, c, s in retrained)
 
-    # what was made from the old trajectory/bp run is planned again, with the run itself
-    jobs = workflow.planned(workdir, configfile=edited.name)
-    assert ("trajectory", "bp", 0) in training_runs(jobs["train"])
-    assert str(results.relative_to(workdir) / "aggregated" / "trajectory" / "bp") in jobs["aggregate"]
-    assert {"trajectory_pca", "trajectory_umap", "figure_trajectory_pca", "figure_trajectory_umap",
-            "summary"} <= set(jobs)
+    # everything the edit made stale is still planned, the lost runs with it
+    assert workflow.planned(workdir, configfile=edited.name) == planned
+    killed_at = time.time()
     workflow.run(workdir, configfile=edited.name)
     result = workflow.run(workdir, "--dry-run", configfile=edited.name)
     assert "Nothing to be done" in result.stdout + result.stderr
+    for outputs in planned.values():
+        assert all((workdir / output).stat().st_mtime > killed_at for output in outputs), outputs
 
-    # the results are those of a clean run: the same run trained here, aggregated and embedded
-    spec = fa_config.run_specs(fa_config.load_config(edited))[("trajectory", "bp", 0)]
-    assert spec["eta"] == 8.0e-4
-    clean = tmp_path / "clean" / "runs" / "trajectory" / "bp" / "seed0"
-    cli.train_job(spec, 1, str(results / "data" / "mnist15.npz"), None, str(clean))
-    for table in ("metrics", "evaluation"):
-        pd.testing.assert_frame_equal(pd.read_parquet(run / f"{table}.parquet"), pd.read_parquet(clean / f"{table}.parquet"))
-    for archive in ("snapshots", "weights"):
-        with np.load(run / f"{archive}.npz") as rebuilt, np.load(clean / f"{archive}.npz") as expected:
-            assert rebuilt.files == expected.files
-            assert all(np.array_equal(rebuilt[name], expected[name]) for name in expected.files), archive
-    clean_aggregate = tmp_path / "clean" / "aggregated" / "trajectory" / "bp"
-    aggregate.aggregate_condition([clean], clean_aggregate)
-    for table in ("metrics", "evaluation"):
-        pd.testing.assert_frame_equal(pd.read_parquet(results / "aggregated" / "trajectory" / "bp" / f"{table}.parquet"),
-                                      pd.read_parquet(clean_aggregate / f"{table}.parquet"))
+    # the results are those of a clean run: the same runs trained here, aggregated and summarised
+    specs = fa_config.run_specs(fa_config.load_config(edited))
+    clean = tmp_path / "clean"
+    for e, c, s in retrained:
+        assert specs[(e, c, s)]["eta"] == 8.0e-4
+        run, expected = results / "runs" / e / c / f"seed{s}", clean / "runs" / e / c / f"seed{s}"
+        cli.train_job(specs[(e, c, s)], 1, str(results / "data" / "mnist15.npz"), None, str(expected))
+        for table in ("metrics", "evaluation"):
+            pd.testing.assert_frame_equal(pd.read_parquet(run / f"{table}.parquet"),
+                                          pd.read_parquet(expected / f"{table}.parquet"))
+        for archive in ("snapshots", "weights"):
+            with np.load(run / f"{archive}.npz") as rebuilt, np.load(expected / f"{archive}.npz") as reference:
+                assert rebuilt.files == reference.files
+                assert all(np.array_equal(rebuilt[name], reference[name]) for name in reference.files), archive
     summary = pd.read_csv(results / "tables" / "summary.csv").set_index(["experiment", "condition"])
-    expected = aggregate.summary_table([clean_aggregate], tmp_path / "s.csv", tmp_path / "s.md").iloc[0]
-    assert summary.loc[("trajectory", "bp"), "final_test_accuracy_mean"] == expected["final_test_accuracy_mean"]
-    trajectories = {name: str(results / "runs" / "trajectory" / name / "seed0") for name in ("fa", "bp_wn", "fa_wn")}
-    settings = fa_config.load_config(edited)["embedding"]
-    embedding.pca_landscape({"bp": str(clean), **trajectories}, results / "data" / "mnist15.npz",
-                            tmp_path / "pca.npz", tmp_path / "pca.json",
-                            {key: settings[key] for key in ("pca_grid", "pca_margin", "landscape_train_subset")})
-    with np.load(results / "embedding" / "trajectory_pca.npz") as rebuilt, np.load(tmp_path / "pca.npz") as expected:
-        for name in ("points", "loss", "explained_variance_ratio"):
-            np.testing.assert_allclose(rebuilt[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    # UMAP and the figures: made again, after the rebuilt run
-    rebuilt_at = (run / "run.json").stat().st_mtime
-    for path in ("embedding/trajectory_umap.parquet", "figures/trajectory_pca.png", "figures/trajectory_umap.png"):
-        assert (results / path).stat().st_mtime > rebuilt_at, path
+    for e, c in {(e, c) for e, c, _ in retrained}:
+        seeds = fa_config.experiment_conditions(specs)[e][c]
+        assert {(e, c, s) for s in seeds} <= retrained
+        aggregate.aggregate_condition([clean / "runs" / e / c / f"seed{s}" for s in seeds], clean / "aggregated" / e / c)
+        for table in ("metrics", "evaluation"):
+            pd.testing.assert_frame_equal(pd.read_parquet(results / "aggregated" / e / c / f"{table}.parquet"),
+                                          pd.read_parquet(clean / "aggregated" / e / c / f"{table}.parquet"))
+        expected = aggregate.summary_table([clean / "aggregated" / e / c], tmp_path / "s.csv", tmp_path / "s.md").iloc[0]
+        for column in ("final_test_accuracy_mean", "angle_W_Bt_all_mean"):
+            assert summary.loc[(e, c), column] == pytest.approx(expected[column], rel=1e-12), (e, c, column)
 
 
 @slow
 def test_results_read_only_midway_leave_nothing_stale(smoke_run, tmp_path, workflow):
-    """After an edit of conditions.bp.eta, the folder of one retrained run turns read-only once its
-    old output is gone: the run fails naming the path, nothing half-written is left, and once the
-    folder is writable again the next run plans the run and everything made from it."""
+    """After an edit of conditions.bp.eta, the folder of the main/bp runs turns read-only once their
+    old outputs are gone: the run fails naming the path and leaves nothing half-written, and once
+    the folder is writable again the next run plans the runs and everything made from them."""
     workdir = copy_of(smoke_run, tmp_path / "read_only")
     edited = with_eta(workdir / "edited.yaml", "bp", 8.0e-4)
     results = workdir / smoke_config()["results"]
-    folder = results / "runs" / "trajectory" / "bp"
-    shutil.rmtree(folder / "seed0")  # what Snakemake does first to the output of a job it reruns
-    log = results / "logs" / "train" / "trajectory" / "bp" / "seed0.log"
-    log.unlink()
+    folder, logs = results / "runs" / "main" / "bp", results / "logs" / "train" / "main" / "bp"
+    for old in (*folder.iterdir(), *logs.iterdir()):  # what Snakemake does first to a rerun job's output
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
     with read_only(folder):
         result = workflow.run(workdir, configfile=edited.name, check=False)
-        # Snakemake's own clean-up of the output, or the job writing it, meets the read-only folder
-        errors = result.stderr + (log.read_text() if log.exists() else "")
-        assert result.returncode != 0 and "trajectory/bp/seed0" in result.stderr
-        assert re.search(r"(Read-only file system|Permission denied): '\S*runs/trajectory/bp", errors)
+        assert result.returncode != 0 and "runs/main/bp/seed" in result.stderr
+        # Snakemake's own clean-up before a job (read-only mount), or the job writing (mode 0555)
+        errors = result.stderr + "".join(log.read_text() for log in logs.iterdir())
+        assert re.search(r"(Read-only file system|Permission denied): '\S*runs/main/bp/", errors), errors[-3000:]
         assert list(folder.iterdir()) == []
 
     jobs = workflow.planned(workdir, configfile=edited.name)
-    assert ("trajectory", "bp", 0) in training_runs(jobs["train"])
-    assert str(results.relative_to(workdir) / "aggregated" / "trajectory" / "bp") in jobs["aggregate"]
-    assert {"trajectory_pca", "trajectory_umap", "figure_trajectory_pca", "figure_trajectory_umap",
-            "summary"} <= set(jobs)
+    assert {("main", "bp", 0), ("main", "bp", 1)} <= training_runs(jobs["train"])
+    assert str(results.relative_to(workdir) / "aggregated" / "main" / "bp") in jobs["aggregate"]
+    assert {"figure_accuracy_loss", "summary"} <= set(jobs)
 
 
 @slow
@@ -431,10 +429,11 @@ def test_a_second_snakemake_in_the_same_folder_is_refused(smoke_run, tmp_path, w
     first = subprocess.Popen(workflow.command(workdir, "--forcerun", "figure_open_loop"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=workflow.env)
     deadline = time.monotonic() + 120
-    while (job := process_with_open(log)) is None:
+    while not (job := processes_with_open([log])):
         assert first.poll() is None, f"the first snakemake ended before its job started:\n{first.stderr.read()}"
         assert time.monotonic() < deadline, "the figure job did not start"
         time.sleep(0.02)
+    job = job[log]
     os.kill(job, signal.SIGSTOP)  # hold the first run in the middle of its job
     try:
         before = {path: path.stat().st_mtime_ns for path in results.rglob("*")}
