@@ -11,7 +11,8 @@ of the per-run table, e.g. ``angle_W_Bt_2``), with
 
 A diverged run is never silently dropped: its rows count until it diverged (its non-finite values
 are left out, so ``n`` falls), and ``runs.csv`` lists every run with its status, the divergence
-iteration and reason, its final test accuracy and its final angles ``∠(W_l, B_lᵀ)``.
+iteration and reason, its final test accuracy (empty for a diverged run, which never finished),
+its last finite evaluation and its final angles ``∠(W_l, B_lᵀ)``.
 
 Entry points (the workflow calls these; every path argument may be a ``str`` or a ``Path``):
 
@@ -113,15 +114,16 @@ def read_run(run_dir: PathLike) -> Run:
 def final_angles(run: Run) -> tuple[dict[str, float], str]:
     """Final ``∠(W_l, B_lᵀ)`` in degrees for l = 1..d-1 and over those layers concatenated, and the source.
 
-    From ``weights.npz`` (the state after the last step, source ``"weights"``) when it holds finite
-    ``W{l}_final`` and ``B{l}``; otherwise -- no weights, or a diverged run's non-finite ones --
-    from the last metrics row where every angle is finite (the state before that step, source
-    ``"metrics@{k}"``); NaN when there is none.
+    From ``weights.npz`` (the state after the last step, source ``"weights"``) when the run
+    completed and its ``W{l}_final`` and ``B{l}`` are finite; otherwise -- no weights, or a
+    diverged run, whose final weights come after the step that blew up -- from the last metrics
+    row where every angle is finite (the state before that step, source ``"metrics@{k}"``); NaN
+    when there is none.
     """
     d = run.depth
     names = [f"angle_W_Bt_{l}" for l in range(1, d)] + ["angle_W_Bt_all"]
     weights_path = run.path / "weights.npz"
-    if weights_path.is_file():
+    if run.status != "diverged" and weights_path.is_file():
         with np.load(weights_path) as weights:
             W = {l: weights.get(f"W{l}_final") for l in range(1, d)}
             B = {l: _first_present(weights, [f"B{l}", f"B{l}_init", f"B{l}_final"]) for l in range(1, d)}
@@ -144,19 +146,25 @@ def final_angles(run: Run) -> tuple[dict[str, float], str]:
 
 
 def run_record(run: Run) -> dict:
-    """One row of ``runs.csv``: identity, status, divergence, final test accuracy and angles.
+    """One row of ``runs.csv``: identity, status, divergence, test accuracy and angles.
 
-    ``final_test_accuracy`` / ``final_test_loss`` are those of the last evaluation the run reached
-    (``final_epoch`` says which: for a diverged run, the last one before it diverged);
+    ``final_epoch``, ``final_test_accuracy`` and ``final_test_loss`` are those of the evaluation
+    after the last epoch, empty for a diverged run (it has none). ``last_finite_epoch``,
+    ``last_finite_test_accuracy`` and ``last_finite_test_loss`` are those of the last evaluation
+    with finite values: the final one of a completed run, the last before a diverged run blew up.
     ``angles_from`` says where the final angles come from (see :func:`final_angles`).
     """
     spec = run.spec
     divergence = run.info.get("divergence") or {}
     evaluation = run.evaluation
-    finite_eval = evaluation[np.isfinite(evaluation["test_accuracy"])]
-    last_eval = finite_eval.iloc[-1] if len(finite_eval) else None
-    metrics = run.metrics
+    finite_eval = evaluation[np.isfinite(evaluation[["test_accuracy", "test_loss"]]).all(axis=1)]
+    last_finite = finite_eval.iloc[-1] if len(finite_eval) else None
+    final = last_finite if run.status == "completed" else None
     angles, angles_from = final_angles(run)
+
+    def evaluated(row, column):
+        return math.nan if row is None else (int(row[column]) if column == "epoch" else float(row[column]))
+
     return {
         "experiment": spec.get("experiment"),
         "condition": spec.get("condition"),
@@ -164,10 +172,10 @@ def run_record(run: Run) -> dict:
         "status": run.status,
         "divergence_iteration": divergence.get("iteration"),
         "divergence_reason": divergence.get("reason"),
-        "iterations_recorded": int(len(metrics)),
-        "final_epoch": int(last_eval["epoch"]) if last_eval is not None else None,
-        "final_test_accuracy": float(last_eval["test_accuracy"]) if last_eval is not None else math.nan,
-        "final_test_loss": float(last_eval["test_loss"]) if last_eval is not None else math.nan,
+        "iterations_recorded": int(len(run.metrics)),
+        **{f"final_{column}": evaluated(final, column) for column in ("epoch", "test_accuracy", "test_loss")},
+        **{f"last_finite_{column}": evaluated(last_finite, column)
+           for column in ("epoch", "test_accuracy", "test_loss")},
         **angles,
         "angles_from": angles_from,
         "run_dir": str(run.path),
@@ -277,7 +285,7 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
         write(name, mean_sd(tables))
 
     records = pd.DataFrame([run_record(r) for r in runs]).sort_values("seed", kind="stable")
-    for column in ("divergence_iteration", "final_epoch"):  # integers with gaps, not floats
+    for column in ("divergence_iteration", "final_epoch", "last_finite_epoch"):  # integers with gaps
         records[column] = records[column].astype("Int64")
     runs_csv = out_dir / "runs.csv"
     artifacts.atomic_write_bytes(runs_csv, records.to_csv(index=False).encode())

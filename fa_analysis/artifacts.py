@@ -125,8 +125,9 @@ def atomic_write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir``; on success move it into place as ``out_dir``.
 
-    An existing ``out_dir`` is replaced only once the new one is complete. On an exception the
-    temporary directory is removed and ``out_dir`` is left as it was.
+    An existing ``out_dir`` (a directory, or a file) is replaced only once the new one is complete;
+    callers that must not replace anything check first (``fa-analysis train`` without ``--force``).
+    On an exception the temporary directory is removed and ``out_dir`` is left as it was.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,9 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
         old = out_dir.parent / f".{out_dir.name}.old-{tag}"
         os.replace(out_dir, old)
         os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
     else:
         os.replace(tmp, out_dir)

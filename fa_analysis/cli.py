@@ -10,6 +10,9 @@ no science. The same jobs can be run by hand, e.g. one training run of a config:
 or one run of the protocol without the workflow, its data prepared from MNIST on the way::
 
     fa-analysis train --condition fa --seed 3 --epochs 5 --out /tmp/fa3 --mnist-root /data/mnist
+
+A wrong argument stops the command before any compute with exit code 2 and a line naming the
+argument and the fix.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ log = logging.getLogger("fa_analysis")
 
 @contextlib.contextmanager
 def job_log(path: str | Path) -> Iterator[None]:
-    """Send the job's logging, stdout and stderr (and a failure's traceback) to its log file."""
+    """Send the job's logging, stdout and stderr (and a failure's traceback) to its log file.
+
+    The package logs at INFO; other libraries only their warnings and errors (matplotlib and
+    fontTools would otherwise fill a figure's log with font-subsetting details).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", buffering=1) as handle:
@@ -37,7 +44,9 @@ def job_log(path: str | Path) -> Iterator[None]:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        levels = (root.level, log.level)
+        root.setLevel(logging.WARNING)
+        log.setLevel(logging.INFO)
         try:
             with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
                 yield
@@ -46,6 +55,8 @@ def job_log(path: str | Path) -> Iterator[None]:
             raise
         finally:
             root.removeHandler(handler)
+            root.setLevel(levels[0])
+            log.setLevel(levels[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,17 +105,44 @@ def observers_of(spec: Mapping, true_labels=None) -> list:
     return [known[name]() for name in spec["observers"]]
 
 
+def read_labels(spec: Mapping, labels_path: str | None):
+    """The training labels of a run: ``(noisy labels or None, their source for run.json)``.
+
+    A run with ``label_noise`` p > 0 needs the noisy-label file of level p (the data stage's
+    ``labels_noise{p}.npz``); a run with ``label_noise`` 0 trains on the data set's labels and takes
+    no file. Raises ``ValueError`` naming the file and the run's level on any mismatch.
+    """
+    from fa_analysis import data
+
+    run = f"{spec['experiment']}/{spec['condition']}/{spec['seed']}"
+    level = float(spec["label_noise"])
+    if labels_path is None:
+        if level > 0:
+            raise ValueError(f"run {run} trains on {level:g} % noisy labels but no labels file was given: "
+                             f"give the file of that level (the workflow's data/labels_noise{level:g}.npz)")
+        return None, {"file": None, "label_noise": 0.0}
+    if level == 0:
+        raise ValueError(f"run {run} trains on the data set's true labels (label_noise 0): "
+                         f"give no labels file (got {labels_path})")
+    labels, metadata = data.load_labels(labels_path)
+    if float(metadata["percent"]) != level:
+        raise ValueError(f"labels file {labels_path} holds {metadata['percent']:g} % noisy labels but run {run} "
+                         f"has label_noise {level:g}: give the file of level {level:g}")
+    return labels, {"file": str(labels_path), "label_noise": level, "seed": metadata["seed"]}
+
+
 def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str | None, out_dir: str) -> None:
     """One training run (method §5): its artifact directory appears only once the run has finished."""
     import torch
 
     from fa_analysis import data, train
 
+    labels, labels_source = read_labels(spec, labels_path)
     torch.set_num_threads(threads)
     run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
     dataset = data.load_prepared(dataset_path)
-    labels = data.load_labels(labels_path)[0] if labels_path else None
-    train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train), log=log.info, labels=labels)
+    train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train),
+                    log=log.info, labels=labels, labels_source=labels_source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +212,8 @@ def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], opt
     """Draw figure ``name`` (method §9) from its named inputs into ``figures/{name}.{format}``.
 
     ``inputs`` are keyed as the workflow names them: condition names for aggregated directories,
-    scenario names, ``wn0``/``wn1`` for the beta sweep, ``{condition}_p{level}`` for label noise,
+    scenario names, ``wn0``/``wn1`` for the beta sweep, the run names ``{condition}_p{level}`` of
+    label noise,
     alignment-term variants, ``shadow``, ``pca``, ``umap``. ``options`` are the figure's settings.
     """
     from fa_analysis import figures
@@ -194,8 +233,12 @@ def _figure_inputs(name: str, inputs: dict[str, str]):
     """Reshape the named inputs into what ``figures.plot_{name}`` takes."""
     if name == "open_loop_beta":
         return {bool(int(key.removeprefix("wn"))): path for key, path in inputs.items()}
-    if name == "label_noise":
-        return {int(re.fullmatch(r".*_p(\d+)", key).group(1)): path for key, path in inputs.items()}
+    if name == "label_noise":  # {condition: {level: path}}
+        by_condition: dict[str, dict[int, str]] = {}
+        for key, path in inputs.items():
+            condition, level = re.fullmatch(r"(.+)_p(\d+)", key).groups()
+            by_condition.setdefault(condition, {})[int(level)] = path
+        return by_condition
     if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "remainder", "trajectory_pca", "trajectory_umap"):
         return next(iter(inputs.values()))
     return inputs
@@ -218,11 +261,32 @@ From Python: fa_analysis.train_one(...), fa_analysis.load_results("results") (RE
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error naming the argument, instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _run_id(text: str) -> tuple[str, str, int]:
+    parts = text.split("/")
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not experiment/condition/seed, e.g. main/fa/0 (`fa-analysis specs CONFIG` lists the runs)")
+    return parts[0], parts[1], int(parts[2])
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of threads; pass e.g. --threads 1")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fa_analysis import __version__
 
-    parser = argparse.ArgumentParser(prog="fa-analysis", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="fa-analysis", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -235,14 +299,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     one = commands.add_parser("train", help="run one training job of a config by hand", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     one.add_argument("config", nargs="?", help="the config of the workflow's run")
-    one.add_argument("run", nargs="?", help="experiment/condition/seed, e.g. main/fa/0")
+    one.add_argument("run", nargs="?", type=_run_id, help="experiment/condition/seed, e.g. main/fa/0")
     one.add_argument("--dataset", help="the prepared data set (results/data/mnist15.npz)")
-    one.add_argument("--labels", help="noisy labels, for runs with label noise")
-    one.add_argument("--out", required=True, help="the run directory to create")
-    one.add_argument("--threads", type=int, default=1)
+    one.add_argument("--labels", help="the noisy labels of the run's level (results/data/labels_noise{p}.npz), "
+                                      "for runs with label noise only")
+    one.add_argument("--out", required=True, help="the run directory to create; must not exist or be empty")
+    one.add_argument("--force", action="store_true", help="replace --out even if it exists and is not empty")
+    one.add_argument("--threads", type=_threads, default=1, help="torch threads (default 1)")
     add_one_off_options(one)
 
     args = parser.parse_args(argv)
+    if args.command == "train":
+        out = Path(args.out)
+        if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+            one.error(f"argument --out: {out} exists and is not an empty directory; "
+                      "give a new directory, or --force to replace it")
     if args.command == "train" and args.run is None:
         return train_one_off(one, args)
     if args.command == "train":
@@ -252,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runs = run_specs(load_config(args.config))
     except ConfigError as error:
-        print(f"{args.config}: {error}", file=sys.stderr)
+        print(error, file=sys.stderr)
         return 2
     if args.command == "check-config":
         for experiment, conditions in experiment_conditions(runs).items():
@@ -263,13 +334,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in runs.values():
             print(json.dumps(spec))
     elif args.command == "train":
-        experiment, condition, seed = args.run.split("/")
-        key = (experiment, condition, int(seed))
-        if key not in runs:
-            print(f"no run {args.run} in {args.config}; see `fa-analysis specs {args.config}`", file=sys.stderr)
-            return 2
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        train_job(runs[key], args.threads, args.dataset, args.labels, args.out)
+        if args.run not in runs:
+            one.error(f"argument run: no run {'/'.join(map(str, args.run))} in {args.config} "
+                      f"(`fa-analysis specs {args.config}` lists the runs)")
+        if not Path(args.dataset).is_file():
+            one.error(f"argument --dataset: {args.dataset} does not exist; give the prepared data set "
+                      "(the workflow's data/mnist15.npz)")
+        try:
+            read_labels(runs[args.run], args.labels)
+        except (ValueError, FileNotFoundError) as error:
+            one.error(f"argument --labels: {error}")
+        logging.basicConfig(format="%(asctime)s %(message)s")
+        log.setLevel(logging.INFO)
+        train_job(runs[args.run], args.threads, args.dataset, args.labels, args.out)
     return 0
 
 

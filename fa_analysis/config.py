@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,32 @@ class ConfigError(ValueError):
 # Loading and validation
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-4`` as a float (YAML 1.2 does; PyYAML's YAML 1.1
+    rules want a dot, ``1.0e-4``, and would give the string ``'1e-4'``)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read one YAML file as a dict, naming the file when it is missing or not a mapping."""
+    """Read one YAML file as a dict, naming the file (and the line) when it is missing, malformed
+    or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a YAML config")
-    with path.open() as handle:
-        data = yaml.safe_load(handle)
+    try:
+        with path.open() as handle:
+            data = yaml.load(handle, Loader=ConfigLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {path}{where} is not valid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -79,8 +99,15 @@ def load_config(path: str | Path | None = None, schema_path: str | Path = SCHEMA
     The file is completed by the schema's defaults (which are config.yaml's values); unlike
     ``snakemake --configfile``, it is not merged key by key into config.yaml first. Without a
     path, the result is the defaults alone: the full protocol, read from the package's schema.
+    Every error names the file.
     """
-    return validate({} if path is None else load_yaml(path), schema_path)
+    if path is None:
+        return validate({}, schema_path)
+    config = load_yaml(path)
+    try:
+        return validate(config, schema_path)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
@@ -120,7 +147,7 @@ def _coerce_strings(instance: Any, schema: dict, root: dict) -> Any:
     elif isinstance(instance, str) and "type" in schema:
         types = {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
         if "string" not in types:
-            value = yaml.safe_load(instance)
+            value = yaml.load(instance, Loader=ConfigLoader)
             wanted = {"boolean": bool, "integer": int, "number": (int, float), "null": type(None)}
             if any(isinstance(value, wanted[t]) for t in types if t in wanted):
                 return value
@@ -153,6 +180,15 @@ def _describe(error: jsonschema.ValidationError) -> str:
         keys = ", ".join(f"'{_dotted([*error.absolute_path, name])}'" for name in unknown)
         scope = f"under '{where}'" if where else "at the top level"
         return f"  unknown config key {keys}: the keys allowed {scope} are {', '.join(allowed)}"
+    if error.validator in ("minItems", "minProperties") and not error.instance:
+        key = str(error.absolute_path[-1]) if error.absolute_path else "config"
+        wanted = error.validator_value
+        item = key.removesuffix("s") if key.endswith("s") else "value"
+        what = f"one {item}" if wanted == 1 else f"{wanted} values"
+        verb = "list" if error.validator == "minItems" else "define"
+        return f"  config key '{where}' is empty: {verb} at least {what}"
+    if error.validator == "type" and isinstance(error.instance, str) and error.validator_value in ("number", "integer"):
+        return f"  config key '{where}': {error.instance!r} is not a {error.validator_value}; write it unquoted, e.g. 3 or 1.0e-4"
     if error.validator == "propertyNames":
         return f"  config key '{where}': {error.message} (names are lower case letters, digits and _)"
     return f"  config key '{where or '(top level)'}': {error.message}"

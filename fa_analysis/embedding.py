@@ -109,6 +109,11 @@ class Trajectory:
     def spec(self) -> dict:
         return self.info["spec"]
 
+    @property
+    def status(self) -> str:
+        """``completed`` or ``diverged`` (run.json)."""
+        return str(self.info.get("status", "completed"))
+
 
 def read_trajectory(method: str, run_dir: PathLike) -> Trajectory:
     """Read ``run.json`` and ``snapshots.npz`` of one trajectory run; errors name the missing file."""
@@ -249,7 +254,9 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
     pca_margin, landscape_train_subset). The grid spans the projected trajectories and reference
     points plus ``pca_margin`` of that range on every side.
 
-    Writes ``out_npz`` with ``methods``, ``point_method`` (index into methods), ``point_iteration``,
+    Writes ``out_npz`` with ``methods``, ``method_status`` (each run's status, ``completed`` or
+    ``diverged``: a diverged run's snapshots stop where it did), ``point_method`` (index into
+    methods), ``point_iteration``,
     ``points`` (N, 2), ``reference_labels``, ``reference_points`` (R, 2), ``grid_pc1`` (G,),
     ``grid_pc2`` (G,), ``loss`` (G, G; row i is ``grid_pc2[i]``), ``landscape_images`` (the number
     of training images the loss sums over), ``explained_variance_ratio`` (2,),
@@ -295,6 +302,7 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
     artifacts.atomic_write_npz(
         out_npz,
         methods=np.array([t.method for t in trajectories]),
+        method_status=np.array([t.status for t in trajectories]),
         point_method=point_method,
         point_iteration=point_iteration,
         points=points,
@@ -350,7 +358,8 @@ def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_
     ``settings`` is config ``embedding.umap`` (n_neighbors, min_dist, seed, max_points). Each method
     keeps at most ``max_points / (number of methods)`` snapshots, evenly spaced in time (first and
     last always in). UMAP runs with ``random_state = seed`` (deterministic, single-threaded).
-    Writes ``out_parquet`` (columns method, iteration, umap_1, umap_2) and ``out_json``.
+    Writes ``out_parquet`` (columns method, status -- the run's, ``completed`` or ``diverged`` --,
+    iteration, umap_1, umap_2) and ``out_json``.
     """
     import umap
 
@@ -366,6 +375,7 @@ def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_
     embedded = reducer.fit_transform(theta)
     table = pd.DataFrame({
         "method": np.concatenate([[t.method] * len(idx) for t, idx in zip(trajectories, kept)]),
+        "status": np.concatenate([[t.status] * len(idx) for t, idx in zip(trajectories, kept)]),
         "iteration": np.concatenate([t.iterations[idx] for t, idx in zip(trajectories, kept)]).astype("int64"),
         "umap_1": embedded[:, 0].astype(np.float64),
         "umap_2": embedded[:, 1].astype(np.float64),

@@ -12,7 +12,10 @@ Conventions shared by every figure:
 - a line is the mean over seeds (or open-loop repetitions), the band around it mean ± sd
   (sample sd, see :mod:`fa_analysis.aggregate`); a band needs at least two seeds;
 - angles in degrees with a dotted line at 90° (no alignment), time in iterations (minibatches)
-  or epochs as the axis says.
+  or epochs as the axis says;
+- a figure draws what exists: the legend says how many runs of a condition diverged (their
+  curves stop where they did), and a condition or variant with nothing left to draw is listed
+  with the reason instead of a line.
 
 Matplotlib runs headless (Agg).
 """
@@ -227,6 +230,39 @@ def _settings_label(directory: PathLike, condition: str) -> str:
     return label
 
 
+def _divergence_note(directory: PathLike) -> str:
+    """How many runs of an aggregated condition diverged (from its runs.csv), e.g. ``all 3 runs
+    diverged``; empty when none did."""
+    status = aggregate.read_runs_csv(directory)["status"]
+    diverged, total = int((status == "diverged").sum()), len(status)
+    if diverged == 0:
+        return ""
+    if diverged < total:
+        return f"{diverged} of {total} runs diverged"
+    return f"all {total} runs diverged" if total > 1 else "its run diverged"
+
+
+def _with_divergence(label: str, directory: PathLike) -> str:
+    """``label`` followed by the condition's :func:`_divergence_note`, if any."""
+    note = _divergence_note(directory)
+    return f"{label} ({note})" if note else label
+
+
+def _note_figure(title: str, note: str, out_stem: PathLike, formats: Sequence[str]) -> list[Path]:
+    """A figure with nothing to draw but the reason why (e.g. every run diverged before it)."""
+    fig, (ax,) = _panels(1, width=6.0, height=2.0)
+    ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+    fig.suptitle(title)
+    return save_figure(fig, out_stem, formats)
+
+
+def _trajectory_label(method: str, status: str) -> str:
+    """The legend label of one trajectory run, saying so when it diverged (its trajectory stops there)."""
+    label = _condition_label(method)
+    return f"{label} (its run diverged)" if status == "diverged" else label
+
+
 def _condition_color(condition: str) -> str:
     if condition not in PALETTE:
         raise KeyError(f"no colour for condition '{condition}'; add it to figures.PALETTE (has {list(PALETTE)})")
@@ -322,8 +358,8 @@ def plot_angle_W_Bt(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     for ax, l in zip(axes, layers):
         for condition, table in tables.items():
             curve = measure_curve(table, f"angle_W_Bt_{l}")
-            plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"],
-                         color=_condition_color(condition), label=_condition_label(condition))
+            plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"], color=_condition_color(condition),
+                         label=_with_divergence(_condition_label(condition), aggregated[condition]))
         _chance_line(ax)
         ax.set(title=f"$W_{l}$ vs $B_{l}^\\top$", xlabel="iteration")
     axes[0].set_ylabel(r"$\angle(W_l, B_l^\top)$ (degrees)")
@@ -338,7 +374,7 @@ def plot_accuracy_loss(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     fig, (ax_acc, ax_loss) = _panels(2, width=4.4, height=3.2, sharey=False)
     for condition, directory in aggregated.items():
         evaluation = read_table(directory, "evaluation")
-        color, label = _condition_color(condition), _condition_label(condition)
+        color, label = _condition_color(condition), _with_divergence(_condition_label(condition), directory)
         accuracy = measure_curve(evaluation, "test_accuracy", x="epoch")
         plot_mean_sd(ax_acc, accuracy["epoch"], 100 * accuracy["mean"], 100 * accuracy["sd"],
                      color=color, label=label)
@@ -368,8 +404,8 @@ def plot_update_angle(aggregated: Mapping[str, PathLike], out_stem: PathLike,
         for condition, table in tables.items():
             curve = measure_curve(table, f"angle_dWfa_dWbp_{l}")
             plot_mean_sd(ax, curve["iteration"], causal_moving_average(curve["mean"].to_numpy(), window),
-                         causal_moving_average(curve["sd"].to_numpy(), window),
-                         color=_condition_color(condition), label=_condition_label(condition))
+                         causal_moving_average(curve["sd"].to_numpy(), window), color=_condition_color(condition),
+                         label=_with_divergence(_condition_label(condition), aggregated[condition]))
         _chance_line(ax)
         ax.set(title=f"$\\Delta W_{l}$", xlabel="iteration")
     axes[0].set_ylabel(r"$\angle(\Delta W_l^{FA}, \Delta W_l^{BP})$ (degrees)")
@@ -397,16 +433,20 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
                   title: str, window: int = 1) -> list[Path]:
     """Panels rows = ``row_key`` values, columns = layers; lines = variant (colour) x kind (style).
 
-    ``window`` > 1 passes mean and sd through :func:`causal_moving_average` along ``x``.
+    ``window`` > 1 passes mean and sd through :func:`causal_moving_average` along ``x``. A variant
+    whose runs all diverged before the analysed iterations has an empty table: the legend says so.
     """
-    tables = {_variant(name): read_table(directory, table_name) for name, directory in aggregated.items()}
-    for variant in tables:
+    directories = {_variant(name): directory for name, directory in aggregated.items()}
+    for variant in directories:
         if variant not in VARIANT_COLORS:
             raise KeyError(f"unknown alignment-term variant '{variant}' (figures.VARIANT_COLORS has {list(VARIANT_COLORS)})")
-    rows = sorted(set.intersection(*(set(t[row_key].unique()) for t in tables.values())))
-    layers = sorted(set.intersection(*(set(t["layer"].unique()) for t in tables.values())))
-    if not rows or not layers:
-        raise ValueError(f"the {table_name} tables share no {row_key} / layer: nothing to plot")
+    tables = {variant: read_table(directory, table_name) for variant, directory in directories.items()}
+    labels = {variant: _with_divergence(VARIANT_LABELS[variant], directory) for variant, directory in directories.items()}
+    rows = sorted(set().union(*(t[row_key].unique() for t in tables.values())))
+    layers = sorted(set().union(*(t["layer"].unique() for t in tables.values())))
+    if not rows:
+        return _note_figure(title, f"Nothing to draw: {'; '.join(labels.values())}, none reached the analysed "
+                                   "iterations.", out_stem, formats)
     fig, axes = _panels(len(rows) * len(layers), ncols=len(layers), width=3.0, height=2.5,
                         sharex=True if x == "iteration" else "row")
     axes = np.asarray(axes).reshape(len(rows), len(layers))
@@ -422,8 +462,8 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
                     mean = causal_moving_average(curve["mean"].to_numpy(), window)
                     sd = (causal_moving_average(curve["sd"].to_numpy(), window) if kind == "nonlinear"
                           else np.full(len(curve), np.nan))
-                    plot_mean_sd(ax, curve[x], mean, sd, color=VARIANT_COLORS[variant],
-                                 linestyle=style, label=f"{VARIANT_LABELS[variant]}, {kind}", linewidth=1.1)
+                    plot_mean_sd(ax, curve[x], mean, sd, color=VARIANT_COLORS[variant], linestyle=style,
+                                 linewidth=1.1)
             _chance_line(ax)
             ax.set_title(f"$W_{layer}$, {row_title(row_value)}", fontsize="medium")
             # at most 5 integer ticks: four-digit iterations must not run into each other
@@ -431,7 +471,11 @@ def _terms_panels(aggregated: Mapping[str, PathLike], table_name: str, row_key: 
             if r == len(rows) - 1:
                 ax.set_xlabel(xlabel)
         axes[r, 0].set_ylabel(r"$\angle(T^o_l[k], B_l^\top)$ (degrees)")
-    _legend_below(fig, axes.ravel(), ncol=3)
+    handles = [Line2D([], [], color=VARIANT_COLORS[variant], label=label if len(tables[variant]) else
+                      f"{label}: nothing to draw") for variant, label in labels.items()]
+    handles += [Line2D([], [], color="0.3", linestyle=style, label=kind) for kind, style in KIND_STYLES.items()]
+    _legend_below(fig, axes.ravel(), ncol=min(len(handles), 3), handles=handles,
+                  labels=[handle.get_label() for handle in handles])
     fig.suptitle(title)
     return save_figure(fig, out_stem, formats)
 
@@ -469,6 +513,7 @@ def _shadow_figure(directory: PathLike, series: Mapping[str, tuple[str, str, str
                    formats: Sequence[str], title: str) -> list[Path]:
     """Panels per layer of the shadow table; ``series`` maps measure -> (colour key, label, style)."""
     table = read_table(directory, "shadow")
+    note = _divergence_note(directory)
     layers = sorted(table["layer"].unique())
     fig, axes = _panels(len(layers), width=3.0, height=2.7)
     for ax, layer in zip(axes, layers):
@@ -481,7 +526,7 @@ def _shadow_figure(directory: PathLike, series: Mapping[str, tuple[str, str, str
         ax.set(title=f"$W_{layer}$", xlabel="iteration")
     axes[0].set_ylabel("angle (degrees)")
     _legend_below(fig, axes, ncol=len(series))
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\n{note}" if note else title)
     return save_figure(fig, out_stem, formats)
 
 
@@ -635,9 +680,9 @@ def plot_trajectory_pca(pca_npz: PathLike, out_stem: PathLike, formats: Sequence
     images = f" over {int(data['landscape_images']):,} training images" if "landscape_images" in data else ""
     fig.colorbar(contour, ax=ax, label=f"summed training loss{images}{scale}",
                  format=FuncFormatter(lambda value, _: f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"))
-    for index, method in enumerate(data["methods"]):
+    for index, (method, status) in enumerate(zip(data["methods"], data["method_status"])):
         points = data["points"][data["point_method"] == index]
-        color, label = _condition_color(str(method)), _condition_label(str(method))
+        color, label = _condition_color(str(method)), _trajectory_label(str(method), str(status))
         ax.plot(points[:, 0], points[:, 1], color=color, linewidth=1.6, label=label)
         ax.plot(*points[0], marker="o", color=color, markersize=6, markeredgecolor="white")
         ax.plot(*points[-1], marker="s", color=color, markersize=6, markeredgecolor="white")
@@ -660,7 +705,7 @@ def plot_trajectory_umap(umap_parquet: PathLike, out_stem: PathLike,
     fig, ax = plt.subplots(figsize=(6.0, 5.0), constrained_layout=True)
     for method, points in table.groupby("method", sort=False):
         points = points.sort_values("iteration")
-        color, label = _condition_color(str(method)), _condition_label(str(method))
+        color, label = _condition_color(str(method)), _trajectory_label(str(method), points["status"].iloc[0])
         ax.plot(points["umap_1"], points["umap_2"], color=color, linewidth=0.6, alpha=0.6)
         ax.scatter(points["umap_1"], points["umap_2"], color=color, s=5, label=label, rasterized=True)
         first, last = points.iloc[0], points.iloc[-1]
@@ -676,41 +721,51 @@ def plot_trajectory_umap(umap_parquet: PathLike, out_stem: PathLike,
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_label_noise(aggregated: Mapping[int, PathLike], out_stem: PathLike,
+def plot_label_noise(aggregated: Mapping[str, Mapping[int, PathLike]], out_stem: PathLike,
                      formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Final test accuracy and final ∠(W_l, B_lᵀ) vs the label-noise level p (method §8).
+    """Final test accuracy and final ∠(W_l, B_lᵀ) vs the label-noise level p, one colour per condition
+    (method §8).
 
-    ``aggregated`` maps p (percent of training labels replaced) -> ``aggregated/label_noise/fa_p{p}``.
-    Points are means over the completed seeds with sd error bars (from each level's runs.csv).
+    ``aggregated`` maps condition -> {p (percent of training labels replaced) ->
+    ``aggregated/label_noise/{condition}_p{p}``}. Points are means over the completed seeds with sd
+    error bars (from each level's runs.csv); a level whose runs all diverged has no point, and the
+    legend names it.
     """
-    rows = []
-    for level, directory in aggregated.items():
-        runs = aggregate.read_runs_csv(directory)
-        runs = runs[runs["status"] == "completed"].assign(level=float(level))
-        rows.append(runs)
-    runs = pd.concat(rows, ignore_index=True)
+    runs = pd.concat([aggregate.read_runs_csv(directory).assign(noise_condition=condition, level=float(level))
+                      for condition, levels in aggregated.items() for level, directory in levels.items()],
+                     ignore_index=True)
+    completed = runs[runs["status"] == "completed"]
     layers = sorted(int(c.removeprefix("angle_W_Bt_")) for c in runs.columns
                     if c.startswith("angle_W_Bt_") and c.removeprefix("angle_W_Bt_").isdigit())
     fig, axes = _panels(1 + len(layers), width=2.7, height=2.8, sharey=False)
     for ax in axes[2:]:
         ax.sharey(axes[1])  # the angle panels share a scale; accuracy has its own
-    color = PALETTE["fa"]
-
-    def errorbars(ax, column, scale=1.0):
-        stats = runs.groupby("level")[column].agg(["mean", "std", "count"]).reset_index()
-        ax.errorbar(stats["level"], scale * stats["mean"], yerr=scale * stats["std"].fillna(0),
-                    color=color, marker="o", markersize=4, capsize=3, linewidth=1.4)
-        return stats
-
-    stats = errorbars(axes[0], "final_test_accuracy", 100.0)
+    panels = [(axes[0], "final_test_accuracy", 100.0)] + [(ax, f"angle_W_Bt_{l}", 1.0) for ax, l in zip(axes[1:], layers)]
+    handles = []
+    for condition in aggregated:
+        color = _condition_color(condition)
+        done = completed[completed["noise_condition"] == condition]
+        for ax, column, scale in panels:
+            stats = done.groupby("level")[column].agg(["mean", "std"]).reset_index()
+            ax.errorbar(stats["level"], scale * stats["mean"], yerr=scale * stats["std"].fillna(0),
+                        color=color, marker="o", markersize=4, capsize=3, linewidth=1.4)
+        levels = runs[runs["noise_condition"] == condition]["level"]
+        lost = sorted(set(levels) - set(done["level"]))
+        label = _condition_label(condition)
+        if lost:
+            label += f" (all runs diverged at p = {', '.join(f'{p:g}' for p in lost)} %)"
+        handles.append(Line2D([], [], color=color, marker="o", markersize=4, label=label))
+    axes[0].set_xticks(sorted(set(runs["level"])))  # the panels share x: every level, drawn or not
     axes[0].axhline(10, color="0.5", linestyle=":", linewidth=0.9)
     axes[0].set(xlabel="label noise p (%)", ylabel="final test accuracy (%)", title="Test accuracy")
     for ax, l in zip(axes[1:], layers):
-        errorbars(ax, f"angle_W_Bt_{l}")
         _chance_line(ax)
         ax.set(xlabel="label noise p (%)", title=f"$\\angle(W_{l}, B_{l}^\\top)$")
     axes[1].set_ylabel("final angle (degrees)")
-    fig.suptitle(f"FA under label noise (mean ± sd over {int(stats['count'].min())}+ seeds per level)")
+    _legend_below(fig, axes, handles=handles, labels=[handle.get_label() for handle in handles])
+    seeds = completed.groupby(["noise_condition", "level"]).size()
+    counted = f"mean ± sd over {seeds.min()}+ completed seeds per point" if len(seeds) else "no run completed"
+    fig.suptitle(f"Learning under label noise ({counted})")
     return save_figure(fig, out_stem, formats)
 
 
@@ -724,7 +779,7 @@ def plot_label_change(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     fig, (ax_acc, ax_angle) = _panels(2, width=4.6, height=3.2, sharey=False)
     boundaries = set()
     for condition, directory in aggregated.items():
-        color, label = _condition_color(condition), _settings_label(directory, condition)
+        color, label = _condition_color(condition), _with_divergence(_settings_label(directory, condition), directory)
         evaluation = read_table(directory, "evaluation")
         accuracy = measure_curve(evaluation, "test_accuracy", x="epoch")
         plot_mean_sd(ax_acc, accuracy["epoch"], 100 * accuracy["mean"], 100 * accuracy["sd"],

@@ -494,11 +494,14 @@ def train_run(
     observers: Sequence[Observer] = (),
     log: Callable[[str], Any] = print,
     labels: Tensor | np.ndarray | None = None,
+    labels_source: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Train one network (method §5) and write its run directory ``out_dir`` (docs/design.md).
 
     ``dataset`` has ``X_train``, ``y_train``, ``X_test``, ``y_test`` (``data.load_prepared``);
-    ``labels`` replaces ``y_train`` (the noisy labels of ``spec.label_noise``). Divergence
+    ``labels`` replaces ``y_train`` (the noisy labels of ``spec.label_noise``, which must then be
+    > 0), and ``labels_source`` says where they come from (``file``, ``label_noise``, ``seed``;
+    ``cli.read_labels``), recorded in run.json as ``labels``. Divergence
     (a non-finite loss or weight) stops the run with status ``"diverged"``, not an exception;
     every artifact is still written. ``log`` receives one progress line per epoch.
     """
@@ -637,6 +640,8 @@ def train_run(
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "dataset": dict(getattr(dataset, "metadata", {}) or {}),
+            "labels": dict(labels_source) if labels_source is not None else
+                      {"file": None, "label_noise": spec.label_noise if labels is not None else 0.0},
             "observers": sorted(observer_frames),
         }
         artifacts.atomic_write_json(tmp / "run.json", run_info)
@@ -685,6 +690,9 @@ def _check_dataset(spec: RunSpec, dataset, labels, observers) -> tuple[Tensor, T
             f"label_noise is {spec.label_noise} % but no labels were passed: pass the noisy labels "
             "(data.load_labels) as labels="
         )
+    if spec.label_noise == 0 and labels is not None:
+        raise ValueError("labels were passed but label_noise is 0 (the data set's true labels): pass no labels, "
+                         "or the run's label_noise")
     for observer in observers:
         if not isinstance(observer, Observer):
             raise ValueError(f"observer {observer!r} lacks start/step/finish (see train.Observer)")

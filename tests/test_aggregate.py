@@ -70,6 +70,30 @@ def test_runs_csv_lists_every_run_with_status_and_divergence(condition):
     assert listed.loc[0, "final_test_accuracy"] == pytest.approx(evaluation["test_accuracy"].iloc[-1])
 
 
+def test_a_diverged_run_has_no_final_accuracy_but_its_last_finite_evaluation(condition):
+    """A diverged run never finished: its final values are empty, its last finite evaluation is kept."""
+    runs, out, _ = condition
+    listed = pd.read_csv(out / "runs.csv").set_index("seed")
+    diverged = pd.read_parquet(runs[2] / "evaluation.parquet")
+    assert listed.loc[2, ["final_epoch", "final_test_accuracy", "final_test_loss"]].isna().all()
+    assert listed.loc[2, "last_finite_epoch"] == diverged["epoch"].iloc[-1] == 2
+    assert listed.loc[2, "last_finite_test_accuracy"] == pytest.approx(diverged["test_accuracy"].iloc[-1])
+    assert listed.loc[2, "last_finite_test_loss"] == pytest.approx(diverged["test_loss"].iloc[-1])
+    completed = pd.read_parquet(runs[0] / "evaluation.parquet")
+    assert listed.loc[0, "final_epoch"] == listed.loc[0, "last_finite_epoch"] == completed["epoch"].iloc[-1]
+    assert listed.loc[0, "final_test_accuracy"] == listed.loc[0, "last_finite_test_accuracy"]
+
+
+def test_a_diverged_runs_angles_come_from_before_it_diverged(tmp_path):
+    """Even where its final weights are finite, they come after the step that blew up."""
+    run_dir = write_run(tmp_path, "main", "fa", 0, diverge_at=12)
+    with np.load(run_dir / "weights.npz") as weights:
+        finite = {name: np.nan_to_num(weights[name]) for name in weights.files}
+    np.savez(run_dir / "weights.npz", **finite)
+    angles, source = aggregate.final_angles(aggregate.read_run(run_dir))
+    assert source == "metrics@11"
+
+
 def test_final_angles_are_those_of_the_final_weights(condition):
     runs, out, _ = condition
     listed = pd.read_csv(out / "runs.csv").set_index("seed")

@@ -152,6 +152,67 @@ def test_command_line_strings_are_read_as_the_schema_types():
     raises_naming({"data": {"download": "maybe"}}, "'data.download'")
 
 
+# Every list of the config that says what to run: empty, it would plan nothing (or a DAG without
+# an experiment the later stages expect). Adding a section with such a list adds its key here.
+LISTS_THAT_PLAN = (
+    "experiments.main.conditions", "experiments.main.seeds",
+    "experiments.label_noise.conditions", "experiments.label_noise.levels", "experiments.label_noise.seeds",
+    "experiments.label_change.conditions", "experiments.label_change.phases", "experiments.label_change.seeds",
+    "experiments.trajectory.conditions",
+    "alignment_terms.seeds", "alignment_terms.variants", "alignment_terms.iterations",
+    "alignment_terms.lags_over_time",
+    "shadow.seeds", "remainder.seeds",
+    "open_loop.scenarios", "open_loop.beta_sweep.betas", "open_loop.beta_sweep.wn",
+    "figures.formats",
+)
+
+
+@pytest.mark.parametrize("key", LISTS_THAT_PLAN)
+def test_an_empty_list_is_an_error_naming_the_key(key):
+    config = fa_config.load_yaml(fa_config.DEFAULT_CONFIG_PATH)
+    *parents, name = key.split(".")
+    section = config
+    for parent in parents:
+        section = section[parent]
+    section[name] = []
+    message = raises_naming(config, f"config key '{key}' is empty: list at least one")
+    assert len(message.splitlines()) == 2  # the header and this one key
+
+
+def test_empty_seeds_name_the_seed():
+    raises_naming({"experiments": {"main": {"seeds": []}}},
+                  "config key 'experiments.main.seeds' is empty: list at least one seed")
+
+
+def test_no_conditions_is_an_error_naming_the_key():
+    raises_naming({"conditions": {}}, "config key 'conditions' is empty: define at least one condition")
+
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    """``eta: 1e-4`` is a float in YAML 1.2, a string to PyYAML (YAML 1.1)."""
+    path = tmp_path / "eta.yaml"
+    path.write_text("conditions:\n  fa: {rule: fa, eta: 1e-4}\n  bp: {rule: bp, eta: 2E-4}\n"
+                    "experiments:\n  main: {conditions: [fa, bp]}\n  label_change: {conditions: [fa]}\n"
+                    "  trajectory: {conditions: [fa, bp]}\n")
+    config = load_config(path)
+    assert config["conditions"]["fa"]["eta"] == 1e-4 and config["conditions"]["bp"]["eta"] == 2e-4
+    # Snakemake reads its --configfile with PyYAML itself: validation reads such strings as numbers
+    snakemake_read = yaml.safe_load(path.read_text())
+    assert snakemake_read["conditions"]["fa"]["eta"] == "1e-4"
+    assert validate(snakemake_read)["conditions"]["fa"]["eta"] == 1e-4
+
+
+def test_a_string_where_a_number_belongs_says_how_to_write_it():
+    raises_naming({"conditions": {"fa": {"rule": "fa", "eta": "1e-4x"}}}, "'conditions.fa.eta'", "1.0e-4")
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  epochs: 3\n  batch_size: [100\n")
+    with pytest.raises(ConfigError, match=rf"config file {path}, line 4, column 1 is not valid YAML"):
+        load_config(path)
+
+
 def test_validation_fills_defaults_in_place():
     config = {"training": {"epochs": 3}}
     assert validate(config) is config

@@ -38,7 +38,7 @@ def _write_dataset(path, rng):
     return X.astype(np.float64), y
 
 
-def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=30):
+def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=30, status="completed"):
     """Snapshots theta0 + a(t) u + c(t) v: every method moves inside one 2-D affine plane."""
     run_dir = root / method
     run_dir.mkdir(parents=True)
@@ -52,7 +52,7 @@ def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=3
     np.savez(run_dir / "weights.npz", **B)
     spec = {"experiment": "trajectory", "condition": method, "seed": seed, "sizes": SIZES, "rule": rule,
             "activation": "tanh_relu", "targets": "one_hot", "dtype": "float64"}
-    (run_dir / "run.json").write_text(json.dumps({"spec": spec, "seed": seed, "status": "completed"}))
+    (run_dir / "run.json").write_text(json.dumps({"spec": spec, "seed": seed, "status": status}))
     return run_dir
 
 
@@ -168,7 +168,7 @@ def test_umap_is_seeded_and_subsampled(trajectories):
     settings = {"n_neighbors": 10, "min_dist": 0.3, "seed": 0, "max_points": 60}
     table = embedding.umap_embedding(runs, root / "umap.parquet", root / "umap.json", settings)
     again = embedding.umap_embedding(runs, root / "umap2.parquet", root / "umap2.json", settings)
-    assert list(table.columns) == ["method", "iteration", "umap_1", "umap_2"]
+    assert list(table.columns) == ["method", "status", "iteration", "umap_1", "umap_2"]
     assert table.groupby("method").size().to_dict() == {"bp": 20, "fa": 20, "fa_wn": 20}
     assert table.groupby("method")["iteration"].agg(["min", "max"]).values.tolist() == [[0, 87]] * 3
     np.testing.assert_array_equal(table[["umap_1", "umap_2"]].to_numpy(), again[["umap_1", "umap_2"]].to_numpy())
@@ -180,10 +180,32 @@ def test_umap_is_seeded_and_subsampled(trajectories):
 def test_trajectory_figures_write_png_and_pdf(trajectories, tmp_path):
     root = trajectories["root"]
     if not (root / "umap.parquet").exists():
-        pd.DataFrame({"method": ["bp", "bp", "fa", "fa"], "iteration": [0, 3, 0, 3],
+        pd.DataFrame({"method": ["bp", "bp", "fa", "fa"], "status": "completed", "iteration": [0, 3, 0, 3],
                       "umap_1": [0.0, 1, 0, -1], "umap_2": [0.0, 1, 1, 2]}).to_parquet(root / "umap.parquet")
     for paths in (figures.plot_trajectory_pca(root / "pca.npz", tmp_path / "trajectory_pca"),
                   figures.plot_trajectory_umap(root / "umap.parquet", tmp_path / "trajectory_umap")):
         png, pdf = paths
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+
+
+def test_a_diverged_trajectory_is_named_in_the_legends(tmp_path, monkeypatch):
+    """Its snapshots stop where it diverged; the legends say why its trajectory is short."""
+    rng = np.random.default_rng(4)
+    P = sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:])) + sum(SIZES[1:])
+    theta0, u, v = (rng.normal(0, 0.3, P) for _ in range(3))
+    runs = {"bp": _write_trajectory(tmp_path, "bp", "bp", theta0, u, v, rng),
+            "fa": _write_trajectory(tmp_path, "fa", "fa", theta0, u, v, rng, snapshots=2, status="diverged")}
+    _write_dataset(tmp_path / "mnist15.npz", rng)
+    embedding.pca_landscape(runs, tmp_path / "mnist15.npz", tmp_path / "pca.npz", tmp_path / "pca.json",
+                            {"pca_grid": 3, "pca_margin": 0.2, "landscape_train_subset": 30})
+    embedding.umap_embedding(runs, tmp_path / "umap.parquet", tmp_path / "umap.json",
+                             {"n_neighbors": 5, "min_dist": 0.3, "seed": 0, "max_points": 40})
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: drawn.append(fig))
+    figures.plot_trajectory_pca(tmp_path / "pca.npz", tmp_path / "pca")
+    figures.plot_trajectory_umap(tmp_path / "umap.parquet", tmp_path / "umap")
+    for fig in drawn:
+        legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+        labels = [text.get_text() for text in legend.get_texts()]
+        assert "FA (its run diverged)" in labels and "BP" in labels

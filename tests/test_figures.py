@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from fa_analysis import aggregate, figures  # noqa: E402
+from fa_analysis import aggregate, cli, figures  # noqa: E402
 from results_synthetic import write_remainder_table, write_run, write_shadow_table, write_terms_tables  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,10 +88,11 @@ def aggregated(tmp_path_factory):
         change[condition] = root / "aggregated" / "label_change" / condition
         aggregate.aggregate_condition(runs, change[condition])
     noise = {}
-    for level in (0, 50, 100):
-        runs = [write_run(root, "label_noise", f"fa_p{level}", seed) for seed in range(3)]
-        noise[level] = root / "aggregated" / "label_noise" / f"fa_p{level}"
-        aggregate.aggregate_condition(runs, noise[level])
+    for condition in ("fa", "fa_wn"):
+        for level in (0, 50, 100):
+            runs = [write_run(root, "label_noise", f"{condition}_p{level}", seed) for seed in range(3)]
+            noise[f"{condition}_p{level}"] = root / "aggregated" / "label_noise" / f"{condition}_p{level}"
+            aggregate.aggregate_condition(runs, noise[f"{condition}_p{level}"])
     terms = {}
     for variant in ("fixed", "reshuffle", "wrong_labels"):
         runs = [write_run(root, "terms", f"fa_{variant}", seed) for seed in range(3)]
@@ -117,7 +123,8 @@ def test_main_figures_write_png_and_pdf(aggregated, tmp_path):
 
 def test_label_figures_write_png_and_pdf(aggregated, tmp_path):
     _assert_files(figures.plot_label_change(aggregated["label_change"], tmp_path / "label_change"))
-    _assert_files(figures.plot_label_noise(aggregated["label_noise"], tmp_path / "label_noise"))
+    noise = aggregated["label_noise"]
+    _assert_files(figures.plot_label_noise({"fa": {p: noise[f"fa_p{p}"] for p in (0, 50, 100)}}, tmp_path / "label_noise"))
 
 
 def test_alignment_terms_figures_write_png_and_pdf(aggregated, tmp_path):
@@ -180,7 +187,7 @@ def test_angle_figure_draws_the_aggregated_mean_and_sd(aggregated, tmp_path, mon
     ax = captured["fig"].axes[1]  # the panel of W_2
     table = pd.read_parquet(aggregated["main"]["fa"] / "metrics.parquet")
     curve = table[table.measure == "angle_W_Bt_2"].sort_values("iteration")
-    line = next(l for l in ax.get_lines() if l.get_label() == "FA")
+    line = next(l for l in ax.get_lines() if l.get_label() == "FA (1 of 3 runs diverged)")
     np.testing.assert_allclose(line.get_xdata(), curve["iteration"])
     np.testing.assert_allclose(line.get_ydata(), curve["mean"])
     vertices = ax.collections[0].get_paths()[0].vertices
@@ -197,3 +204,116 @@ def test_unknown_condition_colour_is_an_error(aggregated, tmp_path):
 def test_missing_aggregate_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.parquet"):
         figures.plot_angle_W_Bt({"fa": tmp_path / "nowhere"}, tmp_path / "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Label noise: every condition, one colour each
+# ---------------------------------------------------------------------------------------------
+
+
+def _captured(monkeypatch) -> dict:
+    """Keep the figure a plot function would save (and save nothing)."""
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
+    return captured
+
+
+def _texts(fig) -> str:
+    """Every text of a figure: titles, legends, notes."""
+    return "\n".join(text.get_text() for text in fig.findobj(matplotlib.text.Text))
+
+
+def test_label_noise_figure_shows_every_condition_in_its_colour(aggregated, tmp_path, monkeypatch):
+    """The workflow's inputs are the run names {condition}_p{level}; the figure groups them."""
+    captured = _captured(monkeypatch)
+    cli.figure_job("label_noise", {name: str(path) for name, path in aggregated["label_noise"].items()},
+                   [str(tmp_path / "label_noise.png")], {})
+    fig = captured["fig"]
+    legend = {text.get_text() for text in fig.legends[0].get_texts()}
+    assert legend == {"FA", "FA + WN (IBN)"}
+    accuracy = fig.axes[0]
+    for condition in ("fa", "fa_wn"):
+        drawn = [line for line in accuracy.get_lines()  # the line through the means, not the error-bar caps
+                 if line.get_color() == figures.PALETTE[condition] and line.get_linestyle() != "None"]
+        assert len(drawn) == 1 and list(drawn[0].get_xdata()) == [0, 50, 100]
+        runs = pd.read_csv(aggregated["label_noise"][f"{condition}_p50"] / "runs.csv")
+        assert drawn[0].get_ydata()[1] == pytest.approx(100 * runs["final_test_accuracy"].mean())
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions whose runs all diverged: drawn as such, never a crash
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory, mnist_root):
+    """The fa runs of the smoke config at eta = 1e30, every one diverging in its first epoch,
+    aggregated as the workflow does, keyed as the figure rules name their inputs."""
+    import torch
+
+    from fa_analysis import config as fa_config
+    from fa_analysis import data
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("diverged")
+    config = fa_config.load_config(fa_config.REPO_ROOT / "tests" / "smoke" / "config.yaml")
+    config["conditions"]["fa"]["eta"] = 1e30
+    dataset = data.prepare_dataset(mnist_root, download=False, out_path=root / "mnist15.npz",
+                                   train_subset=config["data"]["train_subset"], test_subset=config["data"]["test_subset"])
+    labels = data.prepare_label_noise(dataset, 100, 2021, root / "labels_noise100.npz")
+    wanted = {"main": ("fa",), "label_noise": ("fa_p0", "fa_p100"), "shadow": ("fa",),
+              "terms": ("fa_fixed", "fa_reshuffle", "fa_wrong_labels")}
+    inputs = {experiment: {} for experiment in wanted}
+    for experiment, conditions in wanted.items():
+        for condition in conditions:
+            runs = []
+            for seed in (0, 1):
+                spec = fa_config.run_specs(config)[(experiment, condition, seed)]
+                runs.append(root / "runs" / experiment / condition / f"seed{seed}")
+                cli.train_job(spec, 1, str(dataset), str(labels) if spec["label_noise"] else None, str(runs[-1]))
+                assert json.loads((runs[-1] / "run.json").read_text())["status"] == "diverged"
+            inputs[experiment][condition] = str(root / "aggregated" / experiment / condition)
+            aggregate.aggregate_condition(runs, inputs[experiment][condition])
+    return inputs
+
+
+@pytest.mark.parametrize("name", ["angle_W_Bt", "accuracy_loss", "update_angle", "label_noise",
+                                  "alignment_terms_lag", "alignment_terms_time", "shadow_linearised",
+                                  "shadow_random_b"])
+def test_a_condition_whose_runs_all_diverged_is_drawn_as_such(diverged, tmp_path, monkeypatch, name):
+    inputs = {"label_noise": diverged["label_noise"], "shadow_linearised": {"shadow": diverged["shadow"]["fa"]},
+              "shadow_random_b": {"shadow": diverged["shadow"]["fa"]}}.get(name)
+    if inputs is None:
+        inputs = diverged["terms"] if name.startswith("alignment_terms") else diverged["main"]
+    options = {"window": 5} if name in ("update_angle", "alignment_terms_time") else {}
+    captured = _captured(monkeypatch)
+    cli.figure_job(name, inputs, [str(tmp_path / f"{name}.png")], options)
+    assert re.search(r"all (2 )?runs diverged", _texts(captured["fig"]))
+    plt.close(captured["fig"])
+
+
+def test_diverged_figures_are_written(diverged, tmp_path):
+    """The same figures, saved: a valid PNG and PDF each."""
+    for name, inputs in (("label_noise", diverged["label_noise"]), ("alignment_terms_lag", diverged["terms"])):
+        outputs = [str(tmp_path / f"{name}.{fmt}") for fmt in ("png", "pdf")]
+        cli.figure_job(name, inputs, outputs, {})
+        png, pdf = (Path(path) for path in outputs)
+        assert png.read_bytes()[:8] == PNG_MAGIC and pdf.read_bytes()[:5] == b"%PDF-"
+
+
+# ---------------------------------------------------------------------------------------------
+# A figure's log
+# ---------------------------------------------------------------------------------------------
+
+
+def test_figure_log_holds_no_third_party_chatter(aggregated, tmp_path):
+    """Saving a PDF makes fontTools log every font subset at INFO; the job log keeps the package's lines."""
+    log = tmp_path / "accuracy_loss.log"
+    outputs = [str(tmp_path / "accuracy_loss.png"), str(tmp_path / "accuracy_loss.pdf")]
+    level = logging.getLogger().level
+    with cli.job_log(log):
+        cli.figure_job("accuracy_loss", {c: str(d) for c, d in aggregated["main"].items()}, outputs, {})
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and "INFO drew" in lines[0], lines[:5]
+    assert logging.getLogger().level == level  # the job log leaves the root logger as it was

@@ -274,6 +274,9 @@ def test_labels_argument_replaces_the_training_labels(synthetic, tmp_path):
     assert torch.equal(step["labels"], flipped[step["batch_index"]])
     with pytest.raises(ValueError, match="label_noise"):
         train_run(_spec(label_noise=20.0), synthetic, tmp_path / "run2", log=_quiet)
+    with pytest.raises(ValueError, match="label_noise is 0"):  # noisy labels under a spec that says none
+        train_run(_spec(), synthetic, tmp_path / "run3", labels=flipped, log=_quiet)
+    assert not (tmp_path / "run3").exists()
 
 
 # --------------------------------------------------------------------------------------------

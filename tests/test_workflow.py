@@ -19,9 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+from fa_analysis import aggregate, cli, embedding
 from fa_analysis import config as fa_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +93,59 @@ class Workflow:
             if row["plan"] != "no update":
                 jobs.setdefault(row["rule"], []).append(row["output_file"])
         return jobs
+
+
+def copy_of(smoke_run, path: Path) -> Path:
+    """A copy of the finished smoke run's working directory (results and Snakemake's records)."""
+    workdir, _, _ = smoke_run
+    shutil.copytree(workdir, path, symlinks=True)
+    return path
+
+
+def with_eta(path: Path, condition: str, eta: float) -> Path:
+    """The smoke config with every condition of config.yaml written out and ``condition``'s eta
+    changed: what Snakemake merges and what ``load_config`` reads are then the same config."""
+    config = smoke_config()
+    config["conditions"] = fa_config.load_config(REPO / "config.yaml")["conditions"]
+    config["conditions"][condition]["eta"] = eta
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def processes_with_open(paths) -> dict[Path, int]:
+    """``{path: process id}`` of the processes that have one of ``paths`` open, from /proc."""
+    wanted = {str(path): Path(path) for path in paths}
+    found = {}
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            for fd in fds.iterdir():
+                if (target := os.readlink(fd)) in wanted:
+                    found[wanted[target]] = int(fds.parent.name)
+    return found
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """``path`` read-only, for root too: a read-only bind mount over it where this process may mount,
+    else mode 0555 (which stops every user but root). Skips the test where neither holds."""
+    mounted = os.geteuid() == 0 and all(
+        subprocess.run(command, capture_output=True).returncode == 0
+        for command in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]))
+    mode = path.stat().st_mode
+    if not mounted:
+        subprocess.run(["umount", str(path)], capture_output=True)
+        path.chmod(0o555)
+    try:
+        with contextlib.suppress(OSError):
+            (path / ".probe").touch()
+            (path / ".probe").unlink()
+            pytest.skip(f"cannot make {path} read-only here (root without the right to mount)")
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=True)
+        else:
+            path.chmod(mode)
 
 
 def training_runs(outputs: list[str]) -> set[tuple[str, str, int]]:
@@ -225,8 +281,9 @@ def test_editing_an_open_loop_setting_reruns_no_training(smoke_run, workflow):
     [  # one error of the schema, one of the cross-field checks (tests/test_config.py has them all)
         ({"conditions": {"fa": {"etaa": 1.0e-3}}}, "'conditions.fa.etaa'"),
         ({"conditions": {"bp": {"gamma": 0.6}}}, "'conditions.bp.gamma'"),
+        ({"experiments": {"main": {"seeds": []}}}, "'experiments.main.seeds' is empty: list at least one seed"),
     ],
-    ids=["typo", "gamma-without-wn"],
+    ids=["typo", "gamma-without-wn", "no-seeds"],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, workflow, overlay, key):
     workdir = workflow.workdir(tmp_path / "bad", overlay)
@@ -234,6 +291,16 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, workflow, over
     assert result.returncode != 0
     assert key in result.stderr
     assert not (workdir / "results").exists()
+
+
+@slow
+def test_a_number_without_a_dot_is_a_number(tmp_path, workflow):
+    """Snakemake reads --configfile with PyYAML, which takes 1e-4 for a string."""
+    workdir = workflow.workdir(tmp_path / "eta")
+    with (workdir / "smoke.yaml").open("a") as config:
+        config.write("conditions:\n  fa: {rule: fa, eta: 1e-4}\n")
+    result = workflow.run(workdir, "--dry-run", check=False, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @slow
@@ -266,6 +333,126 @@ def test_killed_training_job_leaves_nothing_complete(smoke_run, tmp_path, workfl
     assert ("main", "fa", 0) in training_runs(workflow.planned(workdir)["train"])
     workflow.run(workdir, target, timeout=300)
     assert (workdir / target / "run.json").is_file()
+
+
+@slow
+def test_killed_jobs_after_a_config_edit_leave_nothing_stale(smoke_run, tmp_path, workflow, one_torch_thread):
+    """Edit conditions.bp.eta, then SIGKILL the python process of each retraining job as it starts
+    (as the kernel's out-of-memory killer would): what was made from the old runs (aggregates,
+    embeddings, figures, the summary) must not look current. The next run rebuilds the lost runs
+    and everything made from them, with the results of a clean run."""
+    workdir = copy_of(smoke_run, tmp_path / "edited")
+    edited = with_eta(workdir / "edited.yaml", "bp", 8.0e-4)
+    results = workdir / smoke_config()["results"]
+    planned = workflow.planned(workdir, configfile=edited.name)
+    retrained = training_runs(planned["train"])
+    assert retrained and {condition for _, condition, _ in retrained} == {"bp"}
+    logs = {results / "logs" / "train" / e / c / f"seed{s}.log" for e, c, s in retrained}
+
+    process = subprocess.Popen(workflow.command(workdir, "--keep-going", configfile=edited.name),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=workflow.env)
+    killed, deadline = set(), time.monotonic() + 300
+    while killed != logs:
+        assert process.poll() is None, f"snakemake ended before every job was killed:\n{process.stderr.read()}"
+        assert time.monotonic() < deadline, f"not every retraining job started: {sorted(logs - killed)}"
+        for log, job in processes_with_open(logs - killed).items():
+            os.kill(job, signal.SIGKILL)
+            killed.add(log)
+        time.sleep(0.02)
+    process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert not any((results / "runs" / e / c / f"seed{s}").exists() for e, c, s in retrained)
+
+    # everything the edit made stale is still planned, the lost runs with it
+    assert workflow.planned(workdir, configfile=edited.name) == planned
+    killed_at = time.time()
+    workflow.run(workdir, configfile=edited.name)
+    result = workflow.run(workdir, "--dry-run", configfile=edited.name)
+    assert "Nothing to be done" in result.stdout + result.stderr
+    for outputs in planned.values():
+        assert all((workdir / output).stat().st_mtime > killed_at for output in outputs), outputs
+
+    # the results are those of a clean run: the same runs trained here, aggregated and summarised
+    specs = fa_config.run_specs(fa_config.load_config(edited))
+    clean = tmp_path / "clean"
+    for e, c, s in retrained:
+        assert specs[(e, c, s)]["eta"] == 8.0e-4
+        run, expected = results / "runs" / e / c / f"seed{s}", clean / "runs" / e / c / f"seed{s}"
+        cli.train_job(specs[(e, c, s)], 1, str(results / "data" / "mnist15.npz"), None, str(expected))
+        for table in ("metrics", "evaluation"):
+            pd.testing.assert_frame_equal(pd.read_parquet(run / f"{table}.parquet"),
+                                          pd.read_parquet(expected / f"{table}.parquet"))
+        for archive in ("snapshots", "weights"):
+            with np.load(run / f"{archive}.npz") as rebuilt, np.load(expected / f"{archive}.npz") as reference:
+                assert rebuilt.files == reference.files
+                assert all(np.array_equal(rebuilt[name], reference[name]) for name in reference.files), archive
+    summary = pd.read_csv(results / "tables" / "summary.csv").set_index(["experiment", "condition"])
+    for e, c in {(e, c) for e, c, _ in retrained}:
+        seeds = fa_config.experiment_conditions(specs)[e][c]
+        assert {(e, c, s) for s in seeds} <= retrained
+        aggregate.aggregate_condition([clean / "runs" / e / c / f"seed{s}" for s in seeds], clean / "aggregated" / e / c)
+        for table in ("metrics", "evaluation"):
+            pd.testing.assert_frame_equal(pd.read_parquet(results / "aggregated" / e / c / f"{table}.parquet"),
+                                          pd.read_parquet(clean / "aggregated" / e / c / f"{table}.parquet"))
+        expected = aggregate.summary_table([clean / "aggregated" / e / c], tmp_path / "s.csv", tmp_path / "s.md").iloc[0]
+        for column in ("final_test_accuracy_mean", "angle_W_Bt_all_mean"):
+            assert summary.loc[(e, c), column] == pytest.approx(expected[column], rel=1e-12), (e, c, column)
+
+
+@slow
+def test_results_read_only_midway_leave_nothing_stale(smoke_run, tmp_path, workflow):
+    """After an edit of conditions.bp.eta, the folder of the main/bp runs turns read-only once their
+    old outputs are gone: the run fails naming the path and leaves nothing half-written, and once
+    the folder is writable again the next run plans the runs and everything made from them."""
+    workdir = copy_of(smoke_run, tmp_path / "read_only")
+    edited = with_eta(workdir / "edited.yaml", "bp", 8.0e-4)
+    results = workdir / smoke_config()["results"]
+    folder, logs = results / "runs" / "main" / "bp", results / "logs" / "train" / "main" / "bp"
+    for old in (*folder.iterdir(), *logs.iterdir()):  # what Snakemake does first to a rerun job's output
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+    with read_only(folder):
+        result = workflow.run(workdir, configfile=edited.name, check=False)
+        assert result.returncode != 0 and "runs/main/bp/seed" in result.stderr
+        # Snakemake's own clean-up before a job (read-only mount), or the job writing (mode 0555)
+        errors = result.stderr + "".join(log.read_text() for log in logs.iterdir())
+        assert re.search(r"(Read-only file system|Permission denied): '\S*runs/main/bp/", errors), errors[-3000:]
+        assert list(folder.iterdir()) == []
+
+    jobs = workflow.planned(workdir, configfile=edited.name)
+    assert {("main", "bp", 0), ("main", "bp", 1)} <= training_runs(jobs["train"])
+    assert str(results.relative_to(workdir) / "aggregated" / "main" / "bp") in jobs["aggregate"]
+    assert {"figure_accuracy_loss", "summary"} <= set(jobs)
+
+
+@slow
+def test_a_second_snakemake_in_the_same_folder_is_refused(smoke_run, tmp_path, workflow):
+    """Two invocations at once: the second stops at Snakemake's lock without touching anything,
+    the first finishes as if alone."""
+    workdir = copy_of(smoke_run, tmp_path / "concurrent")
+    results = workdir / smoke_config()["results"]
+    figure, log = results / "figures" / "open_loop.png", results / "logs" / "figures" / "open_loop.log"
+    drawn = figure.stat().st_mtime_ns
+    first = subprocess.Popen(workflow.command(workdir, "--forcerun", "figure_open_loop"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=workflow.env)
+    deadline = time.monotonic() + 120
+    while not (job := processes_with_open([log])):
+        assert first.poll() is None, f"the first snakemake ended before its job started:\n{first.stderr.read()}"
+        assert time.monotonic() < deadline, "the figure job did not start"
+        time.sleep(0.02)
+    job = job[log]
+    os.kill(job, signal.SIGSTOP)  # hold the first run in the middle of its job
+    try:
+        before = {path: path.stat().st_mtime_ns for path in results.rglob("*")}
+        second = workflow.run(workdir, check=False)
+        assert second.returncode != 0 and "cannot be locked" in second.stderr
+        assert {path: path.stat().st_mtime_ns for path in results.rglob("*")} == before
+    finally:
+        os.kill(job, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-3000:]
+    assert figure.stat().st_mtime_ns > drawn
+    assert workflow.planned(workdir) == {}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,11 @@
 # Analysis stage (method §8, §9): mean and sd over seeds per condition, the weight-trajectory
 # embeddings, and the summary table. Aggregation and the table are cheap and run locally.
 
+PCA_SETTINGS = config_slice(config["embedding"], ("pca_grid", "pca_margin", "landscape_train_subset"))
+UMAP_SETTINGS = config_slice(config["embedding"]["umap"], ("n_neighbors", "min_dist", "seed", "max_points"))
+TRAJECTORY_RUNS = experiment_runs("trajectory")
+SUMMARY_INPUTS = [path for experiment in RUNS for path in aggregated(experiment).values()]
+
 
 rule aggregate:
     """Mean and sd over the seeds of one experiment/condition, and one row per run (runs.csv)."""
@@ -10,6 +15,7 @@ rule aggregate:
         directory(results("aggregated/{experiment}/{condition}")),
     params:
         code=CODE["aggregate"],
+        upstream=upstream(condition_runs),
     log:
         results("logs/aggregate/{experiment}/{condition}.log"),
     localrule: True
@@ -28,14 +34,15 @@ rule aggregate:
 rule trajectory_pca:
     """One joint PCA of every method's weight snapshots, with the loss landscape of its plane."""
     input:
-        runs=experiment_runs("trajectory"),
+        runs=TRAJECTORY_RUNS,
         dataset=results("data/mnist15.npz"),
     output:
         npz=results("embedding/trajectory_pca.npz"),
         meta=results("embedding/trajectory_pca.json"),
     params:
-        settings=config_slice(config["embedding"], ("pca_grid", "pca_margin", "landscape_train_subset")),
+        settings=PCA_SETTINGS,
         code=CODE["embedding"],
+        upstream=upstream(TRAJECTORY_RUNS, results("data/mnist15.npz")),
     log:
         results("logs/trajectory_pca/trajectory_pca.log"),
     benchmark:
@@ -55,13 +62,14 @@ rule trajectory_pca:
 rule trajectory_umap:
     """UMAP of the same weight snapshots."""
     input:
-        runs=experiment_runs("trajectory"),
+        runs=TRAJECTORY_RUNS,
     output:
         table=results("embedding/trajectory_umap.parquet"),
         meta=results("embedding/trajectory_umap.json"),
     params:
-        settings=config_slice(config["embedding"]["umap"], ("n_neighbors", "min_dist", "seed", "max_points")),
+        settings=UMAP_SETTINGS,
         code=CODE["embedding"],
+        upstream=upstream(TRAJECTORY_RUNS),
     log:
         results("logs/trajectory_umap/trajectory_umap.log"),
     benchmark:
@@ -81,12 +89,13 @@ rule trajectory_umap:
 rule summary:
     """Final test accuracy and per-layer angle(W_l, B_l^T), mean +- sd, per experiment/condition."""
     input:
-        aggregated=[path for experiment in RUNS for path in aggregated(experiment).values()],
+        aggregated=SUMMARY_INPUTS,
     output:
         csv=report(results("tables/summary.csv"), caption="../report/summary.rst", category="Tables"),
         md=results("tables/summary.md"),
     params:
         code=CODE["aggregate"],
+        upstream=upstream(SUMMARY_INPUTS),
     log:
         results("logs/summary/summary.log"),
     localrule: True
@@ -100,3 +109,13 @@ rule summary:
         "Summary table of every experiment/condition"
     script:
         "../scripts/summary.py"
+
+
+for experiment, conditions in RUNS.items():
+    for condition in conditions:
+        made([results(f"aggregated/{experiment}/{condition}")], code=CODE["aggregate"],
+             upstream=upstream(condition_runs)(job(experiment=experiment, condition=condition)))
+made([results("embedding/trajectory_pca.npz"), results("embedding/trajectory_pca.json")], settings=PCA_SETTINGS,
+     code=CODE["embedding"], upstream=upstream(TRAJECTORY_RUNS, results("data/mnist15.npz"))(job()))
+made([results("embedding/trajectory_umap.parquet"), results("embedding/trajectory_umap.json")],
+     settings=UMAP_SETTINGS, code=CODE["embedding"], upstream=upstream(TRAJECTORY_RUNS)(job()))

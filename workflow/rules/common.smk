@@ -1,8 +1,12 @@
-# Shared by every stage: the run specs, result paths, wildcard constraints, code hashes and the
-# input functions. Nothing here computes science; it only says which files feed which job.
+# Shared by every stage: the run specs, result paths, wildcard constraints, code hashes, the
+# provenance digests and the input functions. Nothing here computes science; it only says which
+# files feed which job, and what they were made from.
 
 import functools
+import hashlib
+import json
 import re
+from types import SimpleNamespace
 
 from fa_analysis.config import (
     code_hash,
@@ -59,6 +63,60 @@ CODE = {
     "embedding": code_hash("embedding"),
     "figures": code_hash("figures"),
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance: what each result was made from. Snakemake reruns a job whose own params changed,
+# but it rebuilds a missing intermediate file only for a job that reruns anyway. So once a
+# training run whose spec changed is lost (its job killed, the disk full), the aggregates, embeddings
+# and figures made from its old version would look current. Every job with inputs therefore also
+# carries the param `upstream`: a digest of the params of every job upstream of it (run specs,
+# settings, code hashes), so that a changed upstream job changes the params of everything made
+# from it. Each stage records the digest of the files it writes with `made(...)`, after its rule.
+# The param is a function of the wildcards alone: Snakemake leaves params computed from a job's
+# `input` out of its comparison.
+
+MADE_FROM = {}  # {path of an output: digest of its job's params, its own `upstream` included}
+
+
+def digest(*values):
+    """A short hash of plain values: JSON with sorted keys, so equal values give equal digests."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def made(outputs, **params):
+    """Record that `outputs` (one job's files) are made by a job with exactly these params."""
+    MADE_FROM.update(dict.fromkeys(outputs, digest(params)))
+
+
+def made_from(paths):
+    """The digest of what the files `paths` were made from, all the way up (paths included)."""
+    unknown = [path for path in paths if path not in MADE_FROM]
+    if unknown:
+        raise ValueError(f"no provenance for {unknown}: record the job that writes them with made(...)")
+    return digest(sorted((path, MADE_FROM[path]) for path in paths))
+
+
+def upstream(*inputs):
+    """The `upstream` param of the jobs that read `inputs`, given as their input paths (lists, dicts),
+    or the input functions that give them, called with the job's wildcards."""
+
+    def inputs_made_from(wildcards):
+        return made_from(flat([item(wildcards) if callable(item) else item for item in inputs]))
+
+    return inputs_made_from
+
+
+def flat(paths):
+    """The paths in a path, a list or a dict of them, nested."""
+    if isinstance(paths, str):
+        return [paths]
+    return [path for item in (paths.values() if isinstance(paths, dict) else paths) for path in flat(item)]
+
+
+def job(**wildcards):
+    """Wildcard values as the input and params functions take them (for `made(...)`)."""
+    return SimpleNamespace(**wildcards)
 
 
 # --------------------------------------------------------------------------------------------

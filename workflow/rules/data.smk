@@ -2,13 +2,15 @@
 # data.root and data.download say where MNIST is, not what is computed: they are read from the
 # config by the script and are not params, so moving the files reruns nothing.
 
+DATA_SETTINGS = config_slice(config["data"], ("image_size", "train_subset", "test_subset"))
+
 
 rule prepare_data:
     """MNIST -> pixels / 255, 28x28 -> 15x15 bilinear without antialiasing, flattened."""
     output:
         results("data/mnist15.npz"),
     params:
-        data=config_slice(config["data"], ("image_size", "train_subset", "test_subset")),
+        data=DATA_SETTINGS,
         code=CODE["data"],
     log:
         results("logs/prepare_data/mnist15.log"),
@@ -35,6 +37,7 @@ rule prepare_label_noise:
     params:
         seed=config["data"]["label_noise_seed"],
         code=CODE["data"],
+        upstream=upstream(results("data/mnist15.npz")),
     log:
         results("logs/prepare_label_noise/noise{level}.log"),
     benchmark:
@@ -49,3 +52,9 @@ rule prepare_label_noise:
         "Drawing noisy labels: {wildcards.level} % of the training set"
     script:
         "../scripts/prepare_label_noise.py"
+
+
+made([results("data/mnist15.npz")], data=DATA_SETTINGS, code=CODE["data"])
+for level in NOISE_LEVELS:
+    made([results(f"data/labels_noise{level}.npz")], seed=config["data"]["label_noise_seed"], code=CODE["data"],
+         upstream=upstream(results("data/mnist15.npz"))(job(level=level)))

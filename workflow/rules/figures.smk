@@ -10,7 +10,6 @@ TERMS = {
 }
 SHADOW = {"shadow": results(f"aggregated/shadow/{config['shadow']['condition']}")}
 REMAINDER = {"remainder": results(f"aggregated/remainder/{config['remainder']['condition']}")}
-NOISE_CONDITION = config["experiments"]["label_noise"]["conditions"][0]  # the figure shows the first
 
 FIGURE_INPUTS = {
     # angle(W_1, B_1^T) vs iteration per open-loop scenario (paper Fig 3)
@@ -39,10 +38,8 @@ FIGURE_INPUTS = {
     # weight trajectories: joint PCA with the loss landscape, and UMAP
     "trajectory_pca": {"pca": results("embedding/trajectory_pca.npz")},
     "trajectory_umap": {"umap": results("embedding/trajectory_umap.parquet")},
-    # final accuracy and angles vs label-noise level; accuracy through a label change
-    "label_noise": {
-        name: path for name, path in aggregated("label_noise").items() if name.startswith(f"{NOISE_CONDITION}_p")
-    },
+    # final accuracy and angles vs label-noise level, every condition; accuracy through a label change
+    "label_noise": aggregated("label_noise"),
     "label_change": aggregated("label_change"),
 }
 FIGURE_OPTIONS = {
@@ -63,6 +60,7 @@ for figure_name, figure_inputs in FIGURE_INPUTS.items():
         params:
             options=FIGURE_OPTIONS.get(figure_name, {}),
             code=CODE["figures"],
+            upstream=upstream(figure_inputs),
         log:
             results(f"logs/figures/{figure_name}.log"),
         localrule: True

@@ -6,6 +6,7 @@ OPEN_LOOP_NETWORK = config_slice(
     OPEN_LOOP, ("sizes", "batch_size", "eta", "iterations", "repetitions", "init_std", "seed")
 )
 BETA_SWEEP = config_slice(OPEN_LOOP["beta_sweep"], ("betas", "gamma", "input"))
+BETA_SETTINGS = {**OPEN_LOOP_NETWORK, "beta_sweep": BETA_SWEEP}
 
 
 rule open_loop:
@@ -38,7 +39,7 @@ rule open_loop_beta:
         table=results("open_loop/beta_wn{wn}.parquet"),
         meta=results("open_loop/beta_wn{wn}.json"),
     params:
-        settings={**OPEN_LOOP_NETWORK, "beta_sweep": BETA_SWEEP},
+        settings=BETA_SETTINGS,
         code=CODE["open_loop"],
     log:
         results("logs/open_loop_beta/beta_wn{wn}.log"),
@@ -54,3 +55,11 @@ rule open_loop_beta:
         "Open loop, beta sweep with wn = {wildcards.wn}"
     script:
         "../scripts/open_loop_beta.py"
+
+
+for scenario in OPEN_LOOP["scenarios"]:
+    made([results(f"open_loop/{scenario}.{suffix}") for suffix in ("parquet", "json")],
+         settings=OPEN_LOOP_NETWORK, code=CODE["open_loop"])
+for wn in OPEN_LOOP["beta_sweep"]["wn"]:
+    made([results(f"open_loop/beta_wn{int(wn)}.{suffix}") for suffix in ("parquet", "json")],
+         settings=BETA_SETTINGS, code=CODE["open_loop"])

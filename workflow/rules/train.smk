@@ -12,6 +12,7 @@ rule train:
     params:
         spec=run_spec,
         code=train_code,
+        upstream=upstream(train_inputs),
     log:
         results("logs/train/{experiment}/{condition}/seed{seed}.log"),
     benchmark:
@@ -26,3 +27,9 @@ rule train:
         "Training {wildcards.experiment}/{wildcards.condition}, seed {wildcards.seed}"
     script:
         "../scripts/train.py"
+
+
+for experiment, condition, seed in SPECS:
+    run = job(experiment=experiment, condition=condition, seed=seed)
+    made([run_dir(experiment, condition, seed)], spec=run_spec(run), code=train_code(run),
+         upstream=upstream(train_inputs)(run))
