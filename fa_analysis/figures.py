@@ -571,8 +571,16 @@ def plot_remainder(aggregated_dir: PathLike, out_stem: PathLike, formats: Sequen
     terms, which keeps the f' nonlinearity and is not the remainder), ``angle(R_l, B_l^T)`` and
     ``angle(zero-degree term, B_l^T)``. Points are the measured iterations, mean ± sd over seeds.
     """
+    title = "Remainder of the expansion of $\\Delta W_l$ and the zero-degree term (mean ± sd over seeds)"
     table = read_table(aggregated_dir, "remainder")
-    table = table[table["iteration"] > 0]  # at k = 0 R = 0 exactly: no ratio on a log scale, no angle
+    # at k = 0 R = 0 exactly: no ratio on a log scale, no angle; runs that diverged leave no finite rows
+    table = table[(table["iteration"] > 0) & np.isfinite(table["mean"])]
+    note = _divergence_note(aggregated_dir)
+    if table.empty:
+        return _note_figure(title, f"Nothing to draw: no finite remainder was measured ({note or 'no run reached k > 0'}).",
+                            out_stem, formats)
+    if note:
+        title += f"\n{note}: the lines are the runs that reached each iteration"
     layers = sorted(table["layer"].unique())
     fig, axes = _panels(len(REMAINDER_ROWS) * len(layers), ncols=len(layers), width=2.9, height=2.3, sharey="row")
     axes = np.asarray(axes).reshape(len(REMAINDER_ROWS), len(layers))
@@ -598,7 +606,7 @@ def plot_remainder(aggregated_dir: PathLike, out_stem: PathLike, formats: Sequen
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         axes[r, 0].set_ylabel(ylabel)
     _legend_below(fig, [axes[0, 0]], ncol=2)
-    fig.suptitle("Remainder of the expansion of $\\Delta W_l$ and the zero-degree term (mean ± sd over seeds)")
+    fig.suptitle(title)
     return save_figure(fig, out_stem, formats)
 
 
@@ -616,16 +624,26 @@ def plot_similarity(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     Rows: variant x k; columns: the layer l of ``W_l`` whose input ``L_{l-1}`` is compared. Green:
     the true classes; grey: labels permuted within each minibatch (no class structure).
     """
-    panels = []
+    title = "Similarity of layer inputs k − o and k: within vs between classes (mean ± sd over seeds)"
+    panels, missing = [], []
     for name, directory in aggregated.items():
         variant = _variant(name)
         similarity = read_table(directory, "terms_similarity")
         lag_analysis = read_table(directory, "terms_lag")
+        label = _with_divergence(VARIANT_LABELS.get(variant, variant), directory)
         for k in sorted(lag_analysis["iteration"].unique()):
             lags = lag_analysis.loc[lag_analysis["iteration"] == k, "lag"].unique()  # not the over-time lags
-            panels.append((variant, k, similarity[(similarity["iteration"] == k) & similarity["lag"].isin(lags)]))
+            part = similarity[(similarity["iteration"] == k) & similarity["lag"].isin(lags)]
+            part = part[np.isfinite(part["mean"])]
+            if len(part):
+                panels.append((label, k, part))
+        if not any(panel[0] == label for panel in panels):
+            missing.append(label)
     if not panels:
-        raise ValueError("no similarity at the lag-analysis iterations: are alignment_terms.iterations inside the runs?")
+        reason = "; ".join(missing) or "no runs"
+        return _note_figure(title, f"Nothing to draw: {reason}; none reached the analysed iterations.", out_stem, formats)
+    if missing:
+        title += f"\nnot drawn, no run reached the analysed iterations: {'; '.join(missing)}"
     layers = sorted(set.intersection(*(set(part["layer"].unique()) for _, _, part in panels)))
     # each layer's inputs have their own scale: panels share the y axis within a column
     fig, axes = _panels(len(panels) * len(layers), ncols=len(layers), width=2.7, height=2.1, sharex=True, sharey="col")
@@ -638,13 +656,13 @@ def plot_similarity(aggregated: Mapping[str, PathLike], out_stem: PathLike,
                     curve = measure_curve(part, which, x="lag", layer=layer, labels=labels)
                     plot_mean_sd(ax, curve["lag"], curve["mean"], curve["sd"], color=color, linestyle=style,
                                  label=f"{which} class, {'true' if labels == 'true' else 'permuted'} labels", linewidth=1.1)
-            ax.set_title(f"{VARIANT_LABELS.get(variant, variant)}, k = {k}, $L_{layer - 1}$", fontsize="small")
+            ax.set_title(f"{variant}, k = {k}, $L_{layer - 1}$", fontsize="small")
             if r == len(panels) - 1:
                 ax.set_xlabel("lag o (iterations)")
             _integer_ticks(ax)
         axes[r, 0].set_ylabel(r"mean of $L_{l-1}[k-o]\,L_{l-1}[k]^\top$")
     _legend_below(fig, [axes[0, 0]], ncol=4)
-    fig.suptitle("Similarity of layer inputs k − o and k: within vs between classes (mean ± sd over seeds)")
+    fig.suptitle(title)
     return save_figure(fig, out_stem, formats)
 
 

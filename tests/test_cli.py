@@ -40,6 +40,7 @@ def tiny(tmp_path_factory, mnist_root):
     config["data"] = {"train_subset": 200, "test_subset": 100}
     config["training"] = {"batch_size": 100, "epochs": 1}
     config["alignment_terms"].update(epochs=1, iterations=[1], max_lag=1, lags_over_time=[1])
+    config["remainder"].update(epochs=1, iterations=[1], every=1)
     config["embedding"]["landscape_train_subset"] = 100
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     dataset = data.prepare_dataset(mnist_root, download=False, out_path=root / "mnist15.npz",

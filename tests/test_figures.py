@@ -263,7 +263,7 @@ def diverged(tmp_path_factory, mnist_root):
                                    train_subset=config["data"]["train_subset"], test_subset=config["data"]["test_subset"])
     labels = data.prepare_label_noise(dataset, 100, 2021, root / "labels_noise100.npz")
     wanted = {"main": ("fa",), "label_noise": ("fa_p0", "fa_p100"), "shadow": ("fa",),
-              "terms": ("fa_fixed", "fa_reshuffle", "fa_wrong_labels")}
+              "terms": ("fa_fixed", "fa_reshuffle", "fa_wrong_labels"), "remainder": ("fa",)}
     inputs = {experiment: {} for experiment in wanted}
     for experiment, conditions in wanted.items():
         for condition in conditions:
@@ -280,12 +280,13 @@ def diverged(tmp_path_factory, mnist_root):
 
 @pytest.mark.parametrize("name", ["angle_W_Bt", "accuracy_loss", "update_angle", "label_noise",
                                   "alignment_terms_lag", "alignment_terms_time", "shadow_linearised",
-                                  "shadow_random_b"])
+                                  "shadow_random_b", "similarity", "remainder"])
 def test_a_condition_whose_runs_all_diverged_is_drawn_as_such(diverged, tmp_path, monkeypatch, name):
     inputs = {"label_noise": diverged["label_noise"], "shadow_linearised": {"shadow": diverged["shadow"]["fa"]},
-              "shadow_random_b": {"shadow": diverged["shadow"]["fa"]}}.get(name)
+              "shadow_random_b": {"shadow": diverged["shadow"]["fa"]},
+              "remainder": {"remainder": diverged["remainder"]["fa"]}}.get(name)
     if inputs is None:
-        inputs = diverged["terms"] if name.startswith("alignment_terms") else diverged["main"]
+        inputs = diverged["terms"] if name.startswith("alignment_terms") or name == "similarity" else diverged["main"]
     options = {"window": 5} if name in ("update_angle", "alignment_terms_time") else {}
     captured = _captured(monkeypatch)
     cli.figure_job(name, inputs, [str(tmp_path / f"{name}.png")], options)
