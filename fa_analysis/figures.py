@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -60,6 +61,9 @@ PALETTE = {
     "fa_wn": "#D55E00",
     "fa_wn_noibn": "#CC79A7",
 }
+#: Colours for conditions a config adds (Paul Tol's muted scheme, none of them in PALETTE).
+EXTRA_COLORS = ("#117733", "#332288", "#44AA99", "#999933", "#882255", "#AA4499", "#661100", "#6699CC", "#888888")
+#: Legend labels of the protocol's conditions; another condition is labelled by its name.
 CONDITION_LABELS = {
     "bp": "BP",
     "bp_wn": "BP + WN",
@@ -264,9 +268,11 @@ def _trajectory_label(method: str, status: str) -> str:
 
 
 def _condition_color(condition: str) -> str:
-    if condition not in PALETTE:
-        raise KeyError(f"no colour for condition '{condition}'; add it to figures.PALETTE (has {list(PALETTE)})")
-    return PALETTE[condition]
+    """The protocol's conditions keep their colours (:data:`PALETTE`); any other name gets one of
+    :data:`EXTRA_COLORS` by a stable hash of the name, the same in every figure and every run."""
+    if condition in PALETTE:
+        return PALETTE[condition]
+    return EXTRA_COLORS[zlib.crc32(condition.encode()) % len(EXTRA_COLORS)]
 
 
 def _per_layer_conditions(aggregated: Mapping[str, PathLike], prefix: str):

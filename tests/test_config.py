@@ -61,7 +61,8 @@ def test_default_config_is_the_spec_protocol(default_config):
     assert c["network"]["activation"] == "tanh_relu" and c["network"]["init_std"] == 0.1
     assert (c["training"]["batch_size"], c["training"]["epochs"]) == (1000, 100)
     etas = {name: cond["eta"] for name, cond in c["conditions"].items()}
-    assert etas == {"bp": 4e-4, "bp_wn": 3e-4, "fa": 5e-4, "fa_wn": 5e-4, "fa_wn_noibn": 5e-4}
+    assert etas == {"bp": 4e-4, "bp_wn": 3e-4, "fa": 5e-4, "fa_wn": 5e-4, "fa_wn_noibn": 5e-4, "dfa": 5e-4}
+    assert c["conditions"]["dfa"]["rule"] == "dfa"  # the protocol's extension beyond the study
     assert c["conditions"]["fa_wn"]["gamma"] == 1.0 and c["conditions"]["fa_wn"]["ibn"]
     assert c["conditions"]["bp_wn"]["gamma"] == 0.6 and not c["conditions"]["fa_wn_noibn"]["ibn"]
     assert len(c["experiments"]["main"]["seeds"]) == 10
@@ -234,7 +235,7 @@ def test_one_spec_per_experiment_condition_seed(default_config, default_specs):
         + len(default_config["shadow"]["seeds"])
         + len(default_config["remainder"]["seeds"])
     )
-    assert len(default_specs) == expected == 257
+    assert len(default_specs) == expected == 267
     for (experiment, condition, seed), spec in default_specs.items():
         assert (spec["experiment"], spec["condition"], spec["seed"]) == (experiment, condition, seed)
 
@@ -321,7 +322,7 @@ def test_check_config_counts_the_runs(capsys):
 
     assert main(["check-config", str(fa_config.DEFAULT_CONFIG_PATH)]) == 0
     out = capsys.readouterr().out
-    assert "257 training runs" in out and "terms: fa_fixed x30" in out and "remainder: fa x10" in out
+    assert "267 training runs" in out and "terms: fa_fixed x30" in out and "remainder: fa x10" in out
 
 
 def test_check_config_names_the_bad_key(tmp_path, capsys):

@@ -196,9 +196,17 @@ def test_angle_figure_draws_the_aggregated_mean_and_sd(aggregated, tmp_path, mon
     plt.close(captured["fig"])
 
 
-def test_unknown_condition_colour_is_an_error(aggregated, tmp_path):
-    with pytest.raises(KeyError, match="PALETTE"):
-        figures.plot_angle_W_Bt({"mystery": aggregated["main"]["fa"]}, tmp_path / "x")
+def test_a_condition_the_config_adds_gets_a_stable_colour_of_its_own(aggregated, tmp_path, monkeypatch):
+    names = ["mystery", "fa_half_eta", "dfa", "fa_copy"]
+    colours = [figures._condition_color(name) for name in names]
+    assert colours == [figures._condition_color(name) for name in names]  # the same every time
+    assert not set(colours) & set(figures.PALETTE.values())  # never a protocol condition's colour
+    assert set(colours) <= set(figures.EXTRA_COLORS)
+    captured = _captured(monkeypatch)
+    figures.plot_angle_W_Bt({"fa": aggregated["main"]["fa"], "mystery": aggregated["main"]["bp"]}, tmp_path / "x")
+    legend = {text.get_text() for text in captured["fig"].legends[0].get_texts()}
+    assert any(label.startswith("mystery") for label in legend), legend
+    plt.close(captured["fig"])
 
 
 def test_missing_aggregate_names_the_path(tmp_path):

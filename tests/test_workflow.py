@@ -198,6 +198,29 @@ def test_smoke_run_draws_every_figure_and_the_summary(smoke_run):
     }
     assert all(row["n_seeds"] == str(len(layout[row["experiment"]][row["condition"]])) for row in rows)
     assert "±" in (results / "tables" / "summary.md").read_text()
+    # conditions beyond the protocol's five (DFA, a renamed FA at another eta) go through every stage
+    assert {("main", "dfa"), ("main", "fa_half_eta")} <= {(row["experiment"], row["condition"]) for row in rows}
+    assert (results / "aggregated" / "main" / "fa_half_eta" / "metrics.parquet").is_file()
+
+
+@slow
+def test_readme_python_example_runs_against_the_smoke_results(smoke_run, mnist_root, tmp_path, monkeypatch):
+    """The README's "From Python" code as written, with `results` the smoke run's results folder."""
+    from test_api import readme_python_blocks
+
+    _, results, _ = smoke_run
+    (tmp_path / "results").symlink_to(results)
+    (tmp_path / "data").symlink_to(mnist_root)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile("\n".join(readme_python_blocks()), "README.md", "exec"), namespace)
+    angles = namespace["angles"]
+    specs = fa_config.run_specs(fa_config.load_config(SMOKE_CONFIG))
+    main_runs = {(c, s) for e, c, s in specs if e == "main"}
+    assert set(zip(angles["condition"], angles["seed"])) == main_runs  # dfa and fa_half_eta included
+    assert {"angle_W_Bt_1", "angle_W_Bt_4", "angle_W_Bt_all"} <= set(angles.columns)
+    assert namespace["summary"].equals(pd.read_csv(results / "tables" / "summary.csv"))
+    assert namespace["run"].status == "completed"
 
 
 @slow
@@ -472,7 +495,7 @@ def test_full_config_plans_one_training_job_per_run(tmp_path, workflow):
     result = workflow.run(workdir, "--dry-run", "--quiet", "rules", configfile=None, timeout=300)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
     specs = fa_config.run_specs(fa_config.load_config(REPO / "config.yaml"))
-    assert int(counts["train"]) == len(specs) == 257
+    assert int(counts["train"]) == len(specs) == 267
     assert int(counts["aggregate"]) == sum(len(c) for c in fa_config.experiment_conditions(specs).values())
     print(f"\nfull DAG: {counts['total']} jobs, {counts['train']} training jobs")
 
