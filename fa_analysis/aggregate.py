@@ -248,6 +248,10 @@ def split_members(table: pd.DataFrame, member: str) -> list[pd.DataFrame]:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Run-spec fields recorded in ``aggregate.json`` when every run of the condition shares them.
+SETTING_KEYS = ("rule", "eta", "wn", "gamma", "ibn", "bias", "label_noise", "epochs", "batch_size")
+
+
 def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict[str, Path]:
     """Aggregate the runs of one ``{experiment}/{condition}`` over seeds into ``out_dir``.
 
@@ -298,6 +302,9 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
         "seeds": [r.seed for r in runs],
         "n_diverged": int(sum(r.status == "diverged" for r in runs)),
         "observer_tables": observer_tables,
+        # the learning settings every run shares (figures label conditions outside the protocol with them)
+        "settings": {key: runs[0].spec[key] for key in SETTING_KEYS
+                     if key in runs[0].spec and all(r.spec.get(key) == runs[0].spec[key] for r in runs)},
         "statistic": "mean and sample sd (ddof=1) over the runs finite at each key; n counts them",
         "code_version": artifacts.code_version(),
     }

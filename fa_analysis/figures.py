@@ -22,6 +22,7 @@ Matplotlib runs headless (Agg).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zlib
@@ -213,16 +214,26 @@ def _chance_line(ax, y: float = 90.0):
     ax.axhline(y, color="0.5", linestyle=":", linewidth=0.9, zorder=0)
 
 
-def _condition_label(condition: str) -> str:
-    return CONDITION_LABELS.get(condition, condition)
+def _condition_label(condition: str, directory: PathLike | None = None) -> str:
+    """The protocol's conditions by their usual names (:data:`CONDITION_LABELS`); any other by its
+    name and the settings its runs shared (``aggregate.json`` of ``directory``), e.g.
+    ``fa_half_eta: FA, η = 0.00025``."""
+    if condition in CONDITION_LABELS or directory is None:
+        return CONDITION_LABELS.get(condition, condition)
+    try:
+        settings = json.loads((Path(directory) / "aggregate.json").read_text())["settings"]
+        label = f"{condition}: {settings['rule'].upper()}, η = {settings['eta']:g}"
+    except (OSError, KeyError, ValueError, TypeError):
+        return condition
+    if settings.get("wn"):
+        label += f", WN (γ = {settings['gamma']:g}{', IBN' if settings.get('ibn') else ''})"
+    return label
 
 
 def _settings_label(directory: PathLike, condition: str) -> str:
     """A legend label from the settings the runs actually used (their run.json), e.g.
     ``FA + WN (γ = 0.6)``: experiments can override a condition's defaults, so its name alone may
     mislead. Falls back to the condition's usual label when no run spec can be read."""
-    import json
-
     try:
         run_dir = pd.read_csv(Path(directory) / "runs.csv")["run_dir"].iloc[0]
         spec = json.loads((Path(run_dir) / "run.json").read_text())["spec"]
@@ -365,7 +376,7 @@ def plot_angle_W_Bt(aggregated: Mapping[str, PathLike], out_stem: PathLike,
         for condition, table in tables.items():
             curve = measure_curve(table, f"angle_W_Bt_{l}")
             plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"], color=_condition_color(condition),
-                         label=_with_divergence(_condition_label(condition), aggregated[condition]))
+                         label=_with_divergence(_condition_label(condition, aggregated[condition]), aggregated[condition]))
         _chance_line(ax)
         ax.set(title=f"$W_{l}$ vs $B_{l}^\\top$", xlabel="iteration")
     axes[0].set_ylabel(r"$\angle(W_l, B_l^\top)$ (degrees)")
@@ -380,7 +391,7 @@ def plot_accuracy_loss(aggregated: Mapping[str, PathLike], out_stem: PathLike,
     fig, (ax_acc, ax_loss) = _panels(2, width=4.4, height=3.2, sharey=False)
     for condition, directory in aggregated.items():
         evaluation = read_table(directory, "evaluation")
-        color, label = _condition_color(condition), _with_divergence(_condition_label(condition), directory)
+        color, label = _condition_color(condition), _with_divergence(_condition_label(condition, directory), directory)
         accuracy = measure_curve(evaluation, "test_accuracy", x="epoch")
         plot_mean_sd(ax_acc, accuracy["epoch"], 100 * accuracy["mean"], 100 * accuracy["sd"],
                      color=color, label=label)
@@ -411,7 +422,7 @@ def plot_update_angle(aggregated: Mapping[str, PathLike], out_stem: PathLike,
             curve = measure_curve(table, f"angle_dWfa_dWbp_{l}")
             plot_mean_sd(ax, curve["iteration"], causal_moving_average(curve["mean"].to_numpy(), window),
                          causal_moving_average(curve["sd"].to_numpy(), window), color=_condition_color(condition),
-                         label=_with_divergence(_condition_label(condition), aggregated[condition]))
+                         label=_with_divergence(_condition_label(condition, aggregated[condition]), aggregated[condition]))
         _chance_line(ax)
         ax.set(title=f"$\\Delta W_{l}$", xlabel="iteration")
     axes[0].set_ylabel(r"$\angle(\Delta W_l^{FA}, \Delta W_l^{BP})$ (degrees)")

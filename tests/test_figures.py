@@ -202,6 +202,13 @@ def test_a_condition_the_config_adds_gets_a_stable_colour_of_its_own(aggregated,
     assert colours == [figures._condition_color(name) for name in names]  # the same every time
     assert not set(colours) & set(figures.PALETTE.values())  # never a protocol condition's colour
     assert set(colours) <= set(figures.EXTRA_COLORS)
+    settings = tmp_path / "fa_half_eta"
+    settings.mkdir()
+    (settings / "aggregate.json").write_text(json.dumps({"settings": {"rule": "fa", "eta": 2.5e-4, "wn": True,
+                                                                      "gamma": 0.8, "ibn": False}}))
+    assert figures._condition_label("fa_half_eta", settings) == "fa_half_eta: FA, η = 0.00025, WN (γ = 0.8)"
+    assert figures._condition_label("fa_wn", settings) == figures.CONDITION_LABELS["fa_wn"]
+    assert figures._condition_label("mystery", tmp_path / "nowhere") == "mystery"
     captured = _captured(monkeypatch)
     figures.plot_angle_W_Bt({"fa": aggregated["main"]["fa"], "mystery": aggregated["main"]["bp"]}, tmp_path / "x")
     legend = {text.get_text() for text in captured["fig"].legends[0].get_texts()}
