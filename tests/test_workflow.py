@@ -106,8 +106,10 @@ def with_eta(path: Path, condition: str, eta: float) -> Path:
     """The smoke config with every condition of config.yaml written out and ``condition``'s eta
     changed: what Snakemake merges and what ``load_config`` reads are then the same config."""
     config = smoke_config()
-    config["conditions"] = fa_config.load_config(REPO / "config.yaml")["conditions"]
-    config["conditions"][condition]["eta"] = eta
+    conditions = config.setdefault("conditions", {})
+    for name, settings in fa_config.load_config(REPO / "config.yaml")["conditions"].items():
+        conditions.setdefault(name, settings)
+    conditions[condition]["eta"] = eta
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -259,7 +261,7 @@ def test_report_collects_every_figure_and_the_table(smoke_run, workflow):
 def test_editing_one_eta_reruns_exactly_that_conditions_jobs(smoke_run, workflow):
     workdir, _, _ = smoke_run
     edited = fa_config.load_yaml(SMOKE_CONFIG)
-    edited["conditions"] = {"fa_wn": {"eta": 4.0e-4}}  # merged into config.yaml's fa_wn
+    edited["conditions"]["fa_wn"]["eta"] = 4.0e-4
     (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
 
     jobs = workflow.planned(workdir, configfile="edited.yaml")
@@ -320,8 +322,11 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, workflow, over
 def test_a_number_without_a_dot_is_a_number(tmp_path, workflow):
     """Snakemake reads --configfile with PyYAML, which takes 1e-4 for a string."""
     workdir = workflow.workdir(tmp_path / "eta")
-    with (workdir / "smoke.yaml").open("a") as config:
-        config.write("conditions:\n  fa: {rule: fa, eta: 1e-4}\n")
+    config = smoke_config()
+    config["conditions"]["fa"]["eta"] = "ETA"
+    text = yaml.safe_dump(config, sort_keys=False)
+    assert text.count("eta: ETA") == 1
+    (workdir / "smoke.yaml").write_text(text.replace("eta: ETA", "eta: 1e-4"))
     result = workflow.run(workdir, "--dry-run", check=False, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
