@@ -36,6 +36,7 @@ from torch import Tensor
 
 from fa_analysis.alignment_terms import (
     M_matrix,
+    _is_int,
     P_matrix,
     check_fa_without_wn,
     linear_term,
@@ -173,7 +174,3 @@ class RemainderObserver:
         for i, column in enumerate(columns):
             frame[column] = array[:, i]
         return {"remainder": frame}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
