@@ -110,32 +110,6 @@ def nonlinear_term_from_past_factor(
     return eta**2 * ((fprime_zeta.mT * (G_past @ L_prev_now.T)) @ delta_next_now)
 
 
-def nonlinear_terms(
-    W_prev_past: Tensor,
-    F_past: Tensor,
-    L_prev_now: Tensor,
-    delta_next_now: Tensor,
-    b: Tensor,
-    eta: float,
-    activation: str,
-) -> Tensor:
-    """``T^o_l[k]`` for m lags at once, ``(m, n_l, n_{l+1})``, from ``W_{l-1}[k-o]`` and ``F = G_l[k-o]^T``, both ``(m, n_{l-1}, n_l)``.
-
-    The same numbers as :func:`nonlinear_term_from_past_factor` (``G_past = F_past.mT``), computed
-    the way the products run fastest: ``zeta^o`` and ``C^o = L_{l-1}[k] G_l[k-o]^T`` of every lag
-    are one product of ``L_{l-1}[k]`` with ``[W | F]`` side by side, ``f'(zeta^o) * C^o`` one
-    fused elementwise pass (``history.fprime_times``), and ``T^o = eta^2 (f'(zeta^o) * C^o)^T
-    delta_{l+1}[k]`` one product for all lags.
-    """
-    m, n_prev, n_l = W_prev_past.shape
-    n_b = L_prev_now.shape[0]
-    past = torch.stack([W_prev_past, F_past]).permute(2, 0, 1, 3).reshape(n_prev, 2 * m * n_l)
-    both = (L_prev_now @ past).view(n_b, 2, m, n_l)
-    work = torch.empty((2, n_b, m, n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)
-    weighted = fprime_times(both[:, 0], both[:, 1], b, work, activation)  # (n_b, m, n_l)
-    return eta**2 * (delta_next_now.T @ weighted.view(n_b, m * n_l)).view(-1, m, n_l).permute(1, 2, 0)
-
-
 def nonlinear_term(
     L_prev_past: Tensor,
     Z_past: Tensor,
@@ -250,29 +224,116 @@ def observer_settings(spec: Any, name: str) -> Mapping[str, Any]:
 
 
 class _History:
-    """Ring buffer of the last ``capacity`` steps of one layer: only what the lagged terms need."""
+    """Ring buffer of the last ``capacity`` steps of one layer: only what the lagged terms need.
+
+    ``past[:, slot]`` holds ``W_{l-1}[j]`` and ``F_l[j] = G_l[j]^T`` side by side, ``(n_{l-1}, 2,
+    n_l)``; the lags of a step are gathered from it into one matrix with a single copy, so that
+    every ``zeta^o`` and ``C^o`` of the step is one product with ``L_{l-1}[k]``.
+    """
 
     def __init__(self, capacity: int, n_prev: int, n_l: int, n_next: int, num_classes: int, like: Tensor):
         def buf(*shape: int) -> Tensor:
-            return torch.zeros((capacity, *shape), dtype=like.dtype, device=like.device)
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
         self.capacity = capacity
-        self.F = buf(n_prev, n_l)  # past factor, transposed: G_l[j]^T = dW_{l-1}[j]
-        self.W_prev = buf(n_prev, n_l)  # W_{l-1}[j]
-        self.P = buf(n_prev, n_next)  # P_l[j]
-        self.sums = buf(2, num_classes, n_prev)  # class sums of L_{l-1}[j]: true, permuted labels
-        self.counts = buf(2, num_classes)
+        self.past = buf(n_prev, capacity, 2, n_l)  # [W_{l-1}[j] | F_l[j]], F = G_l[j]^T = dW_{l-1}[j]
+        self.P = buf(capacity, n_prev, n_next)  # P_l[j]
+        self.sums = buf(capacity, 2, num_classes, n_prev)  # class sums of L_{l-1}[j]: true, permuted labels
+        self.counts = buf(capacity, 2, num_classes)
+
+    @property
+    def W_prev(self) -> Tensor:
+        """``W_{l-1}[j]`` of every slot, ``(capacity, n_{l-1}, n_l)`` (a view)."""
+        return self.past[:, :, 0].transpose(0, 1)
+
+    @property
+    def F(self) -> Tensor:
+        """``F_l[j] = G_l[j]^T`` of every slot, ``(capacity, n_{l-1}, n_l)`` (a view)."""
+        return self.past[:, :, 1].transpose(0, 1)
 
     def slot(self, j: int) -> int:
         return j % self.capacity
 
     def push(self, j: int, F: Tensor, W_prev: Tensor, P: Tensor, sums: Tensor, counts: Tensor) -> None:
         s = self.slot(j)
-        self.F[s].copy_(F)
-        self.W_prev[s].copy_(W_prev)
+        self.past[:, s, 0].copy_(W_prev)
+        self.past[:, s, 1].copy_(F)
         self.P[s].copy_(P)
         self.sums[s].copy_(sums)
         self.counts[s].copy_(counts)
+
+    def gather(self, slots: list[int], need_zeta: list[int], out: Tensor) -> Tensor:
+        """``[F[slots[0]], ..., F[slots[-1]], W_prev[need_zeta[0]], ...]`` side by side, ``(n_{l-1}, (m + m') n_l)``, in ``out``."""
+        n_prev, capacity, _, n_l = self.past.shape
+        index = torch.tensor([2 * s + 1 for s in slots] + [2 * s for s in need_zeta], device=self.past.device)
+        picked = out[: n_prev * len(index) * n_l].view(n_prev, len(index), n_l)
+        torch.index_select(self.past.view(n_prev, 2 * capacity, n_l), 1, index, out=picked)
+        return picked.view(n_prev, len(index) * n_l)
+
+
+def lagged_nonlinear_terms(
+    history: _History,
+    slots: list[int],
+    lag_one: bool,
+    L_prev_now: Tensor,
+    Z_now: Tensor,
+    delta_next_now: Tensor,
+    b: Tensor,
+    eta: float,
+    activation: str,
+    scratch: Tensor,
+) -> Tensor:
+    """``T^o_l[k]^T`` ``(m, n_{l+1}, n_l)`` for the lags whose past steps sit in ``slots``: the
+    numbers of :func:`nonlinear_term_from_past_factor` lag by lag, to rounding.
+
+    ``C^o = L_{l-1}[k] F_l[k-o]`` for every lag and ``zeta^o - b = L_{l-1}[k] W_{l-1}[k-o]`` are one
+    product of ``L_{l-1}[k]`` with the gathered past. When ``lag_one`` (``slots[0]`` is the step
+    just before k), ``zeta^1`` needs no product: ``W_{l-1}[k] = W_{l-1}[k-1] + eta dW_{l-1}[k-1]``
+    (FA without WN) and ``F_l[k-1] = dW_{l-1}[k-1]``, so ``zeta^1 = Z_l[k] - eta C^1`` with the
+    engine's pre-activation ``Z_l[k]``. ``f'(zeta) * C`` for every lag is then a few passes over
+    one buffer (tanh(relu): ``sech^2(x) = 4 s (1 - s)``, ``s = sigmoid(2x)``, as in
+    ``history.fprime_times``), and ``delta_{l+1}[k]^T (f'(zeta) * C)`` one product for all lags.
+    ``scratch`` holds at least :func:`scratch_size` numbers.
+    """
+    m, n_b = len(slots), L_prev_now.shape[0]
+    n_prev, n_l = history.past.shape[0], history.past.shape[-1]
+    first = 1 if lag_one else 0  # lags from here on need zeta from a product
+    cols = (2 * m - first) * n_l
+    past = history.gather(slots, slots[first:], scratch)
+    used = n_prev * cols
+    products = torch.mm(L_prev_now, past, out=scratch[used : used + n_b * cols].view(n_b, cols))
+    used += n_b * cols
+    C = products[:, : m * n_l].view(n_b, m, n_l)
+    zeta = products[:, m * n_l :].view(n_b, m - first, n_l)  # zeta^o - b, lags from `first` on
+    x = scratch[used : used + n_b * m * n_l].view(n_b, m, n_l)
+    weighted = scratch[used + n_b * m * n_l : used + 2 * n_b * m * n_l].view(n_b, m, n_l)
+    if activation == "tanh_relu":
+        # x = 2 (zeta + b): the 2 is sigmoid(2x)'s; the 4 of 4 s (1 - s) goes into the scalar
+        if lag_one:
+            torch.add(Z_now, C[:, 0], alpha=-eta, out=x[:, 0]).mul_(2)
+        if first < m:
+            torch.add(2 * b, zeta, alpha=2, out=x[:, first:])
+        x.clamp_(min=0)
+        torch.sign(x, out=weighted)  # 1[zeta + b > 0]
+        s = torch.sigmoid(x, out=x)
+        weighted.mul_(s.addcmul_(s, s, value=-1)).mul_(C)
+        scale = 4 * eta**2
+    else:
+        if lag_one:
+            torch.add(Z_now, C[:, 0], alpha=-eta, out=x[:, 0])
+        if first < m:
+            torch.add(zeta, b, out=x[:, first:])
+        act = get_activation(activation)
+        act.fprime(x, act.f(x, None), weighted).mul_(C)
+        scale = eta**2
+    # T^T = eta^2 delta_{l+1}[k]^T (f'(zeta) * C): every lag in one product
+    T_t = (delta_next_now.T @ weighted.view(n_b, m * n_l)).mul_(scale)
+    return T_t.view(-1, m, n_l).transpose(0, 1)
+
+
+def scratch_size(m: int, n_b: int, n_prev: int, n_l: int) -> int:
+    """Numbers :func:`lagged_nonlinear_terms` needs for m lags of one layer (at most)."""
+    return n_prev * 2 * m * n_l + n_b * 2 * m * n_l + 2 * n_b * m * n_l
 
 
 class AlignmentTermsObserver:
@@ -323,6 +384,7 @@ class AlignmentTermsObserver:
         self.rows: dict[str, list] = {"lag": [], "time": [], "similarity": []}
         self.values: dict[str, list[Tensor]] = {"lag": [], "time": [], "similarity": []}
         self._labels_checked = False
+        self._work: Tensor | None = None
 
     def step(self, k: int, net: Any, state: Any) -> None:
         s = self.settings
@@ -349,19 +411,20 @@ class AlignmentTermsObserver:
         for l in self.layers:
             h = self.history[l]
             L_prev, delta_next, B, b = state.L[l - 1], state.delta[l + 1], net.B[l], net.b[l - 1]
-            Bt = B.T
             # G_l[k] = past_factor(L_{l-1}, f'(Z_l), delta_{l+1}, B_l) is the engine's dW_{l-1}^T (FA rule).
             F = state.dW[l - 1]
             P = P_matrix(L_prev, delta_next)
             sums = members @ L_prev  # (2, C, n_{l-1}): class_sums under both label sets
 
             if lags:
-                # every lag of this step at once: a leading lag axis on the buffered past
+                # every lag of this step at once, from the buffered past
                 slots = [h.slot(k - o) for o in lags]
-                nonlinear = nonlinear_terms(h.W_prev[slots], h.F[slots], L_prev, delta_next, b, eta, self.activation)
-                linear = linear_term(B, M_matrix(h.P[slots], P), eta)
-                T = torch.stack([nonlinear, linear], 1).flatten(0, 1)  # (lag, kind) pairs
-                values = torch.stack([angle_deg_batched(T, Bt.expand_as(T)), T.flatten(1).norm(dim=1).to(torch.float64)], 1)
+                lag_one = lags[0] == 1
+                nonlinear = lagged_nonlinear_terms(h, slots, lag_one, L_prev, state.Z[l], delta_next, b, eta,
+                                                   self.activation, self._scratch(len(lags), L_prev.shape[0], h))
+                linear = eta**2 * (P.T @ h.P[slots] @ B)  # T_lin^T = eta^2 M^T B = eta^2 P[k]^T P[k-o] B
+                T_t = torch.stack([nonlinear, linear], 1).flatten(0, 1)  # (lag, kind) pairs, each T^T
+                values = torch.stack([angle_deg_batched(T_t, B.expand_as(T_t)), T_t.flatten(1).norm(dim=1).to(torch.float64)], 1)
                 values = values.view(len(lags), len(TERM_KINDS), 2)
                 for table, wanted in (("time", time_lags), ("lag", lag_lags)):
                     chosen = [i for i, o in enumerate(lags) if o in wanted]
@@ -373,6 +436,16 @@ class AlignmentTermsObserver:
                 self._record("similarity", keys, similarity.flatten(0, 1).to(torch.float64))
 
             h.push(k, F, net.W[l - 1], P, sums, counts)
+
+    def _scratch(self, m: int, n_b: int, h: _History) -> Tensor:
+        """Work memory for the lagged terms of m lags, kept for the ordinary steps' lag count."""
+        need = scratch_size(m, n_b, h.past.shape[0], h.past.shape[-1])
+        if self._work is None or self._work.numel() < need:
+            work = torch.empty(need, dtype=h.past.dtype, device=h.past.device)
+            if m > len(self.settings.lags_over_time):
+                return work  # a lag-analysis k: used once, not kept
+            self._work = work
+        return self._work
 
     def _record(self, table: str, keys: list[tuple], values: Tensor) -> None:
         """Rows of a table: one key tuple per row of ``values`` (kept on the device until ``finish``)."""

@@ -44,18 +44,6 @@ def test_with_a_linear_activation_the_nonlinear_and_linear_terms_coincide():
     assert not torch.allclose(bent, linear)  # the f' factors matter otherwise
 
 
-@pytest.mark.parametrize("activation", ["tanh_relu", "tanh", "relu", "sigmoid", "linear"])
-def test_batched_terms_over_lags_equal_the_plain_formula_lag_by_lag(activation):
-    m, n_b, n_prev, n_l, n_next, eta = 5, 30, 7, 6, 4, 0.02
-    W_past, F_past = randn(m, n_prev, n_l, seed=1), 0.3 * randn(m, n_prev, n_l, seed=2)
-    L_now, delta_now, b = randn(n_b, n_prev, seed=3), randn(n_b, n_next, seed=4), randn(n_l, seed=5)
-    batched = at.nonlinear_terms(W_past, F_past, L_now, delta_now, b, eta, activation)
-    assert batched.shape == (m, n_l, n_next)
-    for o in range(m):
-        plain = at.nonlinear_term_from_past_factor(F_past[o].T, W_past[o], L_now, delta_now, b, eta, activation)
-        assert torch.allclose(batched[o], plain, rtol=1e-12, atol=1e-15), (activation, o)
-
-
 def test_skew_symmetric_part_of_M_gives_a_term_orthogonal_to_Bt():
     B, eta = randn(6, 9, seed=1), 0.1
     A = randn(6, 6, seed=2)
@@ -125,6 +113,33 @@ def test_lag_table_matches_terms_computed_from_the_full_history():
             row = similarity.loc[(k, l, o, "true")]
             assert row["within"] == pytest.approx(within.item(), rel=1e-12)
             assert row["between"] == pytest.approx(between.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh_relu", "tanh", "relu", "sigmoid", "linear"])
+def test_every_row_of_both_term_tables_equals_the_plain_formulas(activation):
+    # the observer gathers the lags, takes zeta^1 from the engine's Z and fuses f'; the plain
+    # formulas here take every factor from the stored states of steps k - o and k
+    settings = {"iterations": [13], "max_lag": 6, "lags_over_time": [1, 4, 9], "every": 2}
+    run = synthetic_fa_run([at.AlignmentTermsObserver(settings)], iterations=22, keep_history=True,
+                           activation=activation, eta=5e-4 if activation == "linear" else 0.01)  # a linear net diverges at 0.01
+    steps, eta = run.steps, run.spec.eta
+    checked = 0
+    for table in ("terms_time", "terms_lag"):
+        for row in run.frames[table].itertuples():
+            k, l, o = row.iteration, row.layer, row.lag
+            past, now, B = steps[k - o], steps[k], run.net.B[l]
+            if row.kind == "nonlinear":
+                T = at.nonlinear_term(past.L[l - 1], past.Z[l], past.delta[l + 1], past.W[l - 1],
+                                      now.L[l - 1], now.delta[l + 1], now.b[l - 1], B, eta, activation)
+            else:
+                M = at.M_matrix(at.P_matrix(past.L[l - 1], past.delta[l + 1]), at.P_matrix(now.L[l - 1], now.delta[l + 1]))
+                T = at.linear_term(B, M, eta)
+            assert row.norm == pytest.approx(T.norm().item(), rel=1e-11), (table, k, l, o, row.kind)
+            assert row.angle == pytest.approx(angle_deg(T, B.T).item(), abs=1e-8), (table, k, l, o, row.kind)
+            assert math.isfinite(row.norm) and row.norm > 0
+            checked += 1
+    # time: k = 2, 4, .., 20 with lags 1, 4, 9 where reachable; lag: k = 13, lags 1..6; two kinds, two layers
+    assert checked == 2 * 2 * (sum(len([o for o in (1, 4, 9) if o <= k]) for k in range(2, 22, 2)) + 6)
 
 
 def test_tables_cover_the_requested_iterations_lags_and_layers():
