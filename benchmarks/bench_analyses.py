@@ -4,7 +4,9 @@ The step is the engine's FA step with every per-iteration metric (225-50-50-50-5
 float32, random data of one epoch: the speed does not depend on the values). Beside it:
 
 - ``terms per step``: the alignment-terms observer at an ordinary iteration (lags 1, 60, 120
-  over time and the class similarity; config ``alignment_terms``), added to the step;
+  over time and the class similarity; config ``alignment_terms``), added to the step; beside
+  it the matrix products of the step and of the observer alone, their floor (FLOP counts in
+  ``baselines.step_flops`` and ``terms_flops`` here);
 - ``terms at a lag-analysis k``: the same observer at an iteration of the lag analysis (all 64 lags);
 - ``shadow per step``: the shadow observer's constant part (linearised and linear-B' shadows,
   their angles, the B' past factor), i.e. its step at k = 1;
@@ -29,12 +31,13 @@ import itertools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import Problem  # noqa: E402
+from baselines import Problem, make_products, step_flops  # noqa: E402
 
 from fa_analysis import train  # noqa: E402
 from fa_analysis.alignment_terms import AlignmentTermsObserver  # noqa: E402
@@ -78,6 +81,48 @@ class Driver:
         self.k += 1
 
 
+def terms_flops(sizes, batch_size: int, lags) -> int:
+    """Floating-point operations of the alignment-terms observer's products at one step (2 per multiply-add).
+
+    Per layer l = 1..d-1: ``L_{l-1}[k]`` times the gathered past (``C^o`` for every lag, ``zeta^o``
+    for every lag but 1: ``2 m - 1`` blocks of ``n_l`` columns), ``delta_{l+1}[k]^T`` times
+    ``f'(zeta) * C`` (all lags), ``P_l[k] = L_{l-1}[k]^T delta_{l+1}[k]`` and the class sums of
+    ``L_{l-1}[k]`` under two label sets. The small products (``M``, the linear terms) are left out.
+    """
+    m = len(lags)
+    blocks = 2 * m - (1 if 1 in lags else 0)
+    macs = 0
+    for l in range(1, len(sizes) - 1):
+        n_prev, n_l, n_next = sizes[l - 1], sizes[l], sizes[l + 1]
+        macs += batch_size * (n_prev * blocks * n_l + n_next * m * n_l + n_prev * n_next + 2 * 10 * n_prev)
+    return 2 * macs
+
+
+def make_terms_products(problem: Problem, lags) -> Callable[[], None]:
+    """The products ``terms_flops`` counts, into preallocated row-major outputs, nothing else."""
+    sizes, nb, m = problem.sizes, problem.batch_size, len(lags)
+    blocks = 2 * m - (1 if 1 in lags else 0)
+    g = torch.Generator().manual_seed(problem.seed + 3)
+    L = [torch.rand(nb, n, generator=g) for n in sizes]
+    delta = [torch.rand(nb, n, generator=g) for n in sizes]
+    members = torch.rand(2, 10, nb, generator=g)
+    layers = []
+    for l in range(1, len(sizes) - 1):
+        n_prev, n_l, n_next = sizes[l - 1], sizes[l], sizes[l + 1]
+        layers.append((L[l - 1], delta[l + 1], torch.rand(n_prev, blocks * n_l, generator=g),
+                       torch.empty(nb, blocks * n_l), torch.rand(nb, m * n_l, generator=g),
+                       torch.empty(n_next, m * n_l), torch.empty(n_prev, n_next), torch.empty(2, 10, n_prev)))
+
+    def products() -> None:
+        for L_prev, delta_next, past, both, weighted, T, P, sums in layers:
+            torch.mm(L_prev, past, out=both)
+            torch.mm(delta_next.T, weighted, out=T)
+            torch.mm(L_prev.T, delta_next, out=P)
+            torch.matmul(members, L_prev, out=sums)
+
+    return products
+
+
 def ms_per_call(fn, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -105,13 +150,16 @@ def main() -> None:
 
     # --- per-step costs, interleaved: the step alone, with the terms observer, with the shadow's constant part
     plain, terms = Driver(problem), Driver(problem, [AlignmentTermsObserver(TERMS)])
+    step_products, terms_products = make_products(problem), make_terms_products(problem, TERMS["lags_over_time"])
     for _ in range(130):  # past the largest over-time lag, and past k = 66 (a lag-analysis k)
         plain.step()
         terms.step()
-    times = {"step": [], "terms": [], "shadow": []}
+    times = {"step": [], "terms": [], "shadow": [], "step products": [], "terms products": []}
     for _ in range(args.repeats):
         times["step"].append(ms_per_call(plain.step, args.block))
         times["terms"].append(ms_per_call(terms.step, args.block))
+        times["step products"].append(ms_per_call(step_products, args.block))
+        times["terms products"].append(ms_per_call(terms_products, args.block))
         shadow = Driver(problem, [ShadowObserver(SHADOW)])
         shadow.step()  # k = 0: nothing in the history yet
         times["shadow"].append(ms_per_call(shadow.step, 1))  # k = 1: one past step, the constant part
@@ -119,6 +167,14 @@ def main() -> None:
     row("step (FA, every metric)", step_ms, step_ms)
     row("step + alignment terms, ordinary k", statistics.median(times["terms"]), step_ms)
     row("  alignment terms alone", statistics.median(times["terms"]) - step_ms, step_ms)
+    # the floor: each one's matrix products alone, nothing else
+    sizes, nb = problem.sizes, problem.batch_size
+    step_flop, terms_flop = step_flops(sizes, nb), terms_flops(sizes, nb, TERMS["lags_over_time"])
+    step_bound, terms_bound = statistics.median(times["step products"]), statistics.median(times["terms products"])
+    row("  step: matrix products alone", step_bound, step_ms,
+        f"{step_flop / 1e6:.1f} MFLOP, {step_flop / step_bound / 1e6:.1f} GFLOP/s")
+    row("  alignment terms: matrix products alone", terms_bound, step_ms,
+        f"{terms_flop / 1e6:.1f} MFLOP ({terms_flop / step_flop:.2f} x the step's), {terms_flop / terms_bound / 1e6:.1f} GFLOP/s")
     row("shadow per step (k = 1: constant part)", statistics.median(times["shadow"]), step_ms,
         "includes the step")
     lag_k = Driver(problem, [AlignmentTermsObserver({**TERMS, "iterations": [200]})])
