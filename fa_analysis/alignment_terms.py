@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from fa_analysis.history import fprime_times
+from fa_analysis.history import fprime_input_scale, fprime_times_at
 from fa_analysis.measures import angle_deg_batched
 from fa_analysis.network import get_activation
 
@@ -291,8 +291,8 @@ def lagged_nonlinear_terms(
     just before k), ``zeta^1`` needs no product: ``W_{l-1}[k] = W_{l-1}[k-1] + eta dW_{l-1}[k-1]``
     (FA without WN) and ``F_l[k-1] = dW_{l-1}[k-1]``, so ``zeta^1 = Z_l[k] - eta C^1`` with the
     engine's pre-activation ``Z_l[k]``. ``f'(zeta) * C`` for every lag is then a few passes over
-    one buffer (tanh(relu): ``sech^2(x) = 4 s (1 - s)``, ``s = sigmoid(2x)``, as in
-    ``history.fprime_times``), and ``delta_{l+1}[k]^T (f'(zeta) * C)`` one product for all lags.
+    one buffer (``history.fprime_times_at``), and ``delta_{l+1}[k]^T (f'(zeta) * C)`` one product
+    for all lags.
     ``scratch`` holds at least :func:`scratch_size` numbers.
     """
     m, n_b = len(slots), L_prev_now.shape[0]
@@ -307,25 +307,14 @@ def lagged_nonlinear_terms(
     zeta = products[:, m * n_l :].view(n_b, m - first, n_l)  # zeta^o - b, lags from `first` on
     x = scratch[used : used + n_b * m * n_l].view(n_b, m, n_l)
     weighted = scratch[used + n_b * m * n_l : used + 2 * n_b * m * n_l].view(n_b, m, n_l)
-    if activation == "tanh_relu":
-        # x = 2 (zeta + b): the 2 is sigmoid(2x)'s; the 4 of 4 s (1 - s) goes into the scalar
-        if lag_one:
-            torch.add(Z_now, C[:, 0], alpha=-eta, out=x[:, 0]).mul_(2)
-        if first < m:
-            torch.add(2 * b, zeta, alpha=2, out=x[:, first:])
-        x.clamp_(min=0)
-        torch.sign(x, out=weighted)  # 1[zeta + b > 0]
-        s = torch.sigmoid(x, out=x)
-        weighted.mul_(s.addcmul_(s, s, value=-1)).mul_(C)
-        scale = 4 * eta**2
-    else:
-        if lag_one:
-            torch.add(Z_now, C[:, 0], alpha=-eta, out=x[:, 0])
-        if first < m:
-            torch.add(zeta, b, out=x[:, first:])
-        act = get_activation(activation)
-        act.fprime(x, act.f(x, None), weighted).mul_(C)
-        scale = eta**2
+    a = fprime_input_scale(activation)  # x = a (zeta + b): f' is computed from a scaled input
+    if lag_one:
+        torch.add(Z_now, C[:, 0], alpha=-eta, out=x[:, 0])
+        if a != 1:
+            x[:, 0].mul_(a)
+    if first < m:
+        torch.add(b if a == 1 else a * b, zeta, alpha=a, out=x[:, first:])
+    scale = fprime_times_at(x, C, weighted, activation) * eta**2
     # T^T = eta^2 delta_{l+1}[k]^T (f'(zeta) * C): every lag in one product
     T_t = (delta_next_now.T @ weighted.view(n_b, m * n_l)).mul_(scale)
     return T_t.view(-1, m, n_l).transpose(0, 1)
