@@ -151,6 +151,7 @@ def train_one(
     import torch
 
     from fa_analysis import cli, data, train
+    from fa_analysis.spec import RunSpec
 
     cfg = _config(config)
     spec = _run_spec(cfg, experiment, condition, seed, epochs, overrides)
@@ -168,7 +169,7 @@ def train_one(
     if spec["label_noise"] > 0:  # the noisy labels of the data stage: one fixed draw per level
         labels = data.apply_label_noise(dataset.y_train, spec["label_noise"], cfg["data"]["label_noise_seed"])
     threads = cfg["training"]["threads"] if threads is None else threads
-    run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
+    run_spec = RunSpec.from_dict({**spec, "threads": threads})
     observers = cli.observers_of(spec, true_labels=dataset.y_train)
 
     previous_threads = torch.get_num_threads()

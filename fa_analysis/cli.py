@@ -136,10 +136,11 @@ def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str |
     import torch
 
     from fa_analysis import data, train
+    from fa_analysis.spec import RunSpec
 
     labels, labels_source = read_labels(spec, labels_path)
     torch.set_num_threads(threads)
-    run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
+    run_spec = RunSpec.from_dict({**spec, "threads": threads})
     dataset = data.load_prepared(dataset_path)
     train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train),
                     log=log.info, labels=labels, labels_source=labels_source)

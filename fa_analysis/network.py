@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-RULES = ("bp", "fa", "dfa")
+from fa_analysis.spec import RULES  # noqa: F401 (re-exported: the rules are the spec's)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,10 @@ order. Nothing syncs with the device inside an epoch.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,152 +46,10 @@ from fa_analysis.network import (
     output_error,
 )
 from fa_analysis.normalization import normalize_columns_, unit_columns_
+from fa_analysis.spec import RunSpec
 
-TARGETS = {"five_hot": 50, "one_hot": 10}  # output units each code kind needs
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ORDER_SEED_OFFSET = 1_000_003
-
-
-# --------------------------------------------------------------------------------------------
-# The run spec
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """The config slice of one training job (docs/design.md, "Run specs"); validated on creation."""
-
-    experiment: str = "main"
-    condition: str = "custom"
-    seed: int = 0
-    sizes: tuple[int, ...] = (225, 50, 50, 50, 50, 50)
-    activation: str = "tanh_relu"
-    init_std: float = 0.1
-    bias: bool = True
-    targets: str = "five_hot"
-    rule: str = "fa"
-    eta: float = 5e-4
-    wn: bool = False
-    gamma: float | None = None
-    ibn: bool = False
-    batch_size: int = 1000
-    epochs: int = 100
-    reshuffle: bool = False
-    snapshot_every: int = 3
-    metrics: bool = True
-    label_noise: float = 0
-    phases: tuple[int, ...] | None = None  # None: one phase of `epochs`
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int = 1
-    observers: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "sizes", tuple(self.sizes) if isinstance(self.sizes, (list, tuple)) else self.sizes)
-        if self.phases is None and _is_int(self.epochs):
-            set_(self, "phases", (self.epochs,))
-        elif isinstance(self.phases, (list, tuple)):
-            set_(self, "phases", tuple(self.phases))
-        for key in ("init_std", "eta", "gamma", "label_noise"):
-            value = getattr(self, key)
-            if _is_int(value):
-                set_(self, key, float(value))
-        self._validate()
-
-    def _validate(self) -> None:
-        _choice("rule", self.rule, RULES)
-        _choice("activation", self.activation, tuple(ACTIVATIONS))
-        _choice("targets", self.targets, tuple(TARGETS))
-        _choice("dtype", self.dtype, tuple(DTYPES))
-        for key in ("experiment", "condition"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key):
-                raise ValueError(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
-        for key in ("bias", "wn", "ibn", "reshuffle", "metrics"):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.sizes, tuple) or len(self.sizes) < 2 or not all(
-            _is_int(n) and n >= 1 for n in self.sizes
-        ):
-            raise ValueError(f"sizes must list at least two positive integers, got {self.sizes!r}")
-        if self.sizes[-1] != TARGETS[self.targets]:
-            raise ValueError(
-                f"sizes ends in {self.sizes[-1]} output units but targets {self.targets!r} needs "
-                f"{TARGETS[self.targets]}: set the last entry of sizes to {TARGETS[self.targets]}"
-            )
-        for key in ("init_std", "eta"):
-            value = getattr(self, key)
-            if not isinstance(value, float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{key} must be a non-negative number, got {value!r}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be positive, got {self.init_std!r}")
-        if self.wn and (not isinstance(self.gamma, float) or not self.gamma > 0):
-            raise ValueError(f"gamma (the WN column norm) must be a positive number when wn is true, got {self.gamma!r}")
-        if not self.wn and self.gamma is not None:
-            raise ValueError(f"gamma is set ({self.gamma!r}) but wn is false: remove gamma or set wn: true")
-        for key, low in (("batch_size", 1), ("epochs", 1), ("snapshot_every", 0), ("threads", 1)):
-            value = getattr(self, key)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.label_noise, float) or not 0 <= self.label_noise <= 100:
-            raise ValueError(f"label_noise must be a percentage in [0, 100], got {self.label_noise!r}")
-        if (
-            not isinstance(self.phases, tuple)
-            or not self.phases
-            or not all(_is_int(p) and p >= 1 for p in self.phases)
-            or sum(self.phases) != self.epochs
-        ):
-            raise ValueError(
-                f"phases must be a list of positive epoch counts summing to epochs={self.epochs}, got {self.phases!r}"
-            )
-        if not isinstance(self.observers, dict):
-            raise ValueError(f"observers must be a mapping (e.g. {{}}), got {self.observers!r}")
-        _check_device(self.device)
-
-    @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> RunSpec:
-        """Build from a plain dict (``config.run_specs``); unknown keys are an error naming them."""
-        accepted = [f.name for f in fields(cls)]
-        unknown = sorted(set(spec) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown run spec key(s) {unknown}; accepted keys: {accepted}")
-        return cls(**dict(spec))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain builtins (lists for tuples), the inverse of ``from_dict``."""
-        out = asdict(self)
-        out["sizes"] = list(self.sizes)
-        out["phases"] = list(self.phases)
-        return out
-
-    @property
-    def name(self) -> str:
-        return f"{self.experiment}/{self.condition}/seed{self.seed}"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _choice(key: str, value: Any, accepted: Sequence[str]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{key} must be one of {list(accepted)}, got {value!r}")
-
-
-def _check_device(device: Any) -> None:
-    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} was asked for but CUDA is not available on this machine: "
-                "set training.device: cpu, or run the job on a node with a GPU"
-            )
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
 # --------------------------------------------------------------------------------------------
