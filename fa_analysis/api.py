@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from fa_analysis import aggregate, config as fa_config
+from fa_analysis.run_dir import read_run
+from fa_analysis.spec import SPEC_KEYS
 
 PathLike = str | Path
 #: A filter on experiments, conditions, seeds or columns: one value, several, or None for all.
@@ -91,15 +93,10 @@ def load_run(run_dir: PathLike) -> TrainResult:
 
 
 def _read_run_dir(path: Path, keep_path: bool) -> TrainResult:
-    run = aggregate.read_run(path)  # names the missing file when the directory is not a finished run
-    tables = {table.stem: pd.read_parquet(table) for table in sorted(path.glob("*.parquet"))
-              if table.stem not in aggregate.ENGINE_TABLES}
+    run = read_run(path)  # names the missing file when the directory is not a finished run
+    tables = {name: run.table(name) for name in run.observer_tables()}
     record = aggregate.run_record(run)
-    weights_path = path / "weights.npz"
-    weights = {}
-    if weights_path.is_file():
-        with np.load(weights_path) as archive:
-            weights = {name: archive[name] for name in archive.files}
+    weights = run.weights()
     if not keep_path:
         record["run_dir"] = None
     return TrainResult(
@@ -227,7 +224,7 @@ def _run_spec(cfg: dict, experiment: str, condition: str, seed: int, epochs: int
             "(or name any condition under 'conditions' with experiment='main')"
         )
     spec["seed"] = int(seed)
-    accepted = set(fa_config.SPEC_KEYS) - set(ID_COLUMNS)
+    accepted = set(SPEC_KEYS) - set(ID_COLUMNS)
     unknown = sorted(set(overrides) - accepted)
     if unknown:
         raise TypeError(f"unknown run-spec field(s) {unknown}; the fields train_one accepts are {sorted(accepted)}")
@@ -321,7 +318,7 @@ class Results:
         The columns of ``runs.csv`` (``aggregate.run_record``), read from the run directories; a
         folder holding only ``aggregated/`` gives its ``runs.csv`` files instead.
         """
-        rows = [aggregate.run_record(aggregate.read_run(path)) for *_, path in self._run_dirs()]
+        rows = [aggregate.run_record(read_run(path)) for *_, path in self._run_dirs()]
         if rows:
             table = pd.DataFrame(rows)
         else:

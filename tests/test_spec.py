@@ -55,3 +55,10 @@ def test_spec_dict_reads_numbers_as_floats_and_fills_phases():
 def test_the_spec_module_does_not_import_torch():
     code = "import sys; from fa_analysis import spec; spec.RunSpec(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_training_code_hash_covers_spec_engine_run_dir_and_loop_but_not_the_config():
+    modules = set(fa_config.package_modules("train"))
+    assert {"spec", "engine", "run_dir", "train", "network", "data"} <= modules
+    assert not modules & {"config", "cli", "alignment_terms", "shadow", "remainder", "history"}
+    assert "run_dir" in fa_config.package_modules("aggregate") and "run_dir" in fa_config.package_modules("embedding")
