@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fa_analysis import data, train
+from fa_analysis import data
+from fa_analysis.engine import Engine, epoch_targets, initial_network
 from fa_analysis.measures import angle_deg, angle_deg_concat
+from fa_analysis.spec import RunSpec
 
 
 @dataclass
@@ -43,9 +45,9 @@ class Problem:
     dtype: str = "float32"
     seed: int = 0
 
-    def spec(self, **changes) -> train.RunSpec:
+    def spec(self, **changes) -> RunSpec:
         """The engine's run spec of this setting (FA driving, metrics on, no snapshots)."""
-        return train.RunSpec(**{
+        return RunSpec(**{
             "rule": "fa", "eta": self.eta, "wn": self.wn, "gamma": self.gamma, "ibn": self.ibn,
             "sizes": self.sizes, "batch_size": self.batch_size, "epochs": 1, "snapshot_every": 0,
             "metrics": True, "device": self.device, "dtype": self.dtype, "seed": self.seed, **changes,
@@ -59,13 +61,13 @@ class Problem:
         self.X_epoch = torch.rand(n, self.sizes[0], generator=g).to(self.device, dtype)
         labels = torch.randint(0, data.N_CLASSES, (n,), generator=g).to(self.device)
         codes = data.phase_codes("five_hot", self.seed, 0).to(self.device, dtype)
-        self.Y_epoch = train.epoch_targets(codes, labels)  # the engine's layout
+        self.Y_epoch = epoch_targets(codes, labels)  # the engine's layout
         self.Y_rows = codes[labels]  # the plain layout, for the baselines
         nb = self.batch_size
         self.batches = [slice(i * nb, (i + 1) * nb) for i in range(self.n_batches)]
 
     def network(self):
-        return train.initial_network(self.spec(), torch.device(self.device), getattr(torch, self.dtype))
+        return initial_network(self.spec(), torch.device(self.device), getattr(torch, self.dtype))
 
 
 def step_flops(sizes, batch_size: int) -> int:
@@ -86,10 +88,10 @@ def step_flops(sizes, batch_size: int) -> int:
 
 
 def make_engine(problem: Problem, metrics: bool = True, capacity: int = 4096) -> Callable[[], None]:
-    """``train.Engine``'s ``compute`` + ``apply`` on consecutive minibatches of the epoch."""
+    """``Engine``'s ``compute`` + ``apply`` on consecutive minibatches of the epoch."""
     device, dtype = torch.device(problem.device), getattr(torch, problem.dtype)
     spec = problem.spec(metrics=metrics)
-    engine = train.Engine(spec, train.initial_network(spec, device, dtype), capacity, device, dtype)
+    engine = Engine(spec, initial_network(spec, device, dtype), capacity, device, dtype)
     X_epoch, Y_epoch = problem.X_epoch, problem.Y_epoch
     counter = itertools.count()
     batches = itertools.cycle(problem.batches)

@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import Problem, make_products, step_flops  # noqa: E402
 
-from fa_analysis import train  # noqa: E402
 from fa_analysis.alignment_terms import AlignmentTermsObserver  # noqa: E402
+from fa_analysis.engine import Engine, StepState, initial_network  # noqa: E402
 from fa_analysis.history import TermHistory, bytes_per_step  # noqa: E402
 from fa_analysis.remainder import RemainderSettings  # noqa: E402
 from fa_analysis.shadow import ShadowObserver  # noqa: E402
@@ -60,7 +60,7 @@ class Driver:
         self.problem = problem
         spec = problem.spec(observers={"alignment_terms": TERMS, "shadow": SHADOW})
         device, dtype = torch.device(problem.device), getattr(torch, problem.dtype)
-        self.engine = train.Engine(spec, train.initial_network(spec, device, dtype), capacity, device, dtype)
+        self.engine = Engine(spec, initial_network(spec, device, dtype), capacity, device, dtype)
         self.observers = list(observers)
         for observer in self.observers:
             observer.start(self.engine.net, spec, capacity, device)
@@ -74,7 +74,7 @@ class Driver:
         engine, X, Y = self.engine, self.problem.X_epoch[batch], self.problem.Y_epoch[batch]
         Z, L, E, delta, dW, db = engine.compute(self.k, X, Y)
         if self.observers:
-            state = train.StepState(X=X, Y=Y, labels=self.labels[batch], batch_index=torch.arange(batch.start, batch.stop),
+            state = StepState(X=X, Y=Y, labels=self.labels[batch], batch_index=torch.arange(batch.start, batch.stop),
                                     Z=Z, L=L, delta=delta, dW=dW, db=db, eta=self.problem.eta, fprime=engine.fprime)
             for observer in self.observers:
                 observer.step(self.k, engine.net, state)

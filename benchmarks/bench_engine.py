@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import Problem, make_autograd, make_engine, make_naive, make_products, step_flops  # noqa: E402
 
 from fa_analysis import data, train  # noqa: E402
+from fa_analysis.spec import RunSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONDITIONS = {"fa": {}, "fa_wn": {"wn": True, "gamma": 1.0, "ibn": True}}  # method §5 conditions
@@ -155,7 +156,7 @@ def section_full(args, device) -> list[dict]:
     dataset, what = _dataset(args)
     rows = []
     for threads in args.threads:
-        spec = train.RunSpec(rule="fa", eta=5e-4, epochs=args.full_epochs, snapshot_every=0, metrics=True,
+        spec = RunSpec(rule="fa", eta=5e-4, epochs=args.full_epochs, snapshot_every=0, metrics=True,
                              threads=threads, device=args.device, dtype=args.dtype)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -210,7 +211,8 @@ _MAXRSS = (
 _TRAIN_JOB = (
     "import sys, torch\n"
     "from fa_analysis import data, train\n"
-    "spec = train.RunSpec(rule='fa', eta=5e-4, epochs=int(sys.argv[3]), snapshot_every=3, metrics=True, threads=int(sys.argv[4]))\n"
+    "from fa_analysis.spec import RunSpec\n"
+    "spec = RunSpec(rule='fa', eta=5e-4, epochs=int(sys.argv[3]), snapshot_every=3, metrics=True, threads=int(sys.argv[4]))\n"
     "torch.set_num_threads(spec.threads)\n"
     "train.train_run(spec, data.load_prepared(sys.argv[1]), sys.argv[2], log=lambda line: None)\n"
 )
@@ -331,7 +333,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; known: {list(SECTIONS)}")
     device = torch.device(args.device)
-    train.RunSpec(device=args.device)  # a clear error if the device is not there
+    RunSpec(device=args.device)  # a clear error if the device is not there
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()

@@ -19,15 +19,14 @@ Entry points (the workflow calls these; every path argument may be a ``str`` or 
 - :func:`aggregate_condition` -- run directories of one ``{experiment}/{condition}`` -> an
   aggregated directory (``metrics.parquet``, ``evaluation.parquet``, ``runs.csv`` and the
   observers' tables, e.g. ``terms_lag.parquet``, ``shadow.parquet``);
-- :func:`aggregate_open_loop` -- one open-loop table -> mean and sd over repetitions;
+- :func:`aggregate_open_loop` -- one open-loop table -> mean and sd over repetitions
+  (:func:`open_loop_curve` for one measure, as the open-loop figures draw it);
 - :func:`summary_table` -- aggregated condition directories -> ``summary.csv`` and ``summary.md``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -36,6 +35,7 @@ import pandas as pd
 import torch
 
 from fa_analysis import artifacts, measures
+from fa_analysis.run_dir import Run, read_run
 
 PathLike = str | Path
 
@@ -46,69 +46,10 @@ MEMBER_COLUMNS = ("seed", "repetition")
 METRICS_KEYS = ("iteration", "epoch")
 EVALUATION_KEYS = ("epoch", "iteration", "phase")
 
-#: Tables every run has; any other ``*.parquet`` in a run directory comes from an observer.
-ENGINE_TABLES = ("metrics", "evaluation")
-
 
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training job's artifact, read back (docs/design.md, "Run artifact")."""
-
-    path: Path
-    info: dict  # run.json
-    metrics: pd.DataFrame
-    evaluation: pd.DataFrame
-
-    @property
-    def spec(self) -> dict:
-        return self.info.get("spec", {})
-
-    @property
-    def seed(self) -> int:
-        return int(self.info.get("seed", self.spec.get("seed")))
-
-    @property
-    def status(self) -> str:
-        return str(self.info.get("status", "unknown"))
-
-    @property
-    def depth(self) -> int:
-        """``d``, the number of weight matrices ``W_0..W_{d-1}``."""
-        return len(self.spec["sizes"]) - 1
-
-    def table(self, name: str) -> pd.DataFrame | None:
-        """An observer's table ``{name}.parquet`` of this run, or None when the run has none."""
-        path = self.path / f"{name}.parquet"
-        return pd.read_parquet(path) if path.exists() else None
-
-
-def read_run(run_dir: PathLike) -> Run:
-    """Read ``run.json``, ``metrics.parquet`` and ``evaluation.parquet`` of one run directory.
-
-    Raises FileNotFoundError naming the missing file when the directory is not a finished run.
-    """
-    path = Path(run_dir)
-    info_path = path / "run.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(
-            f"{info_path} is missing: {path} is not a finished run directory "
-            "(run.json is written last; rerun the training job that makes it)"
-        )
-    info = json.loads(info_path.read_text())
-    if "sizes" not in info.get("spec", {}):
-        raise ValueError(f"{info_path}: 'spec.sizes' is missing; the run was not written by train_run")
-    tables = {}
-    for name in ENGINE_TABLES:
-        table_path = path / f"{name}.parquet"
-        if not table_path.is_file():
-            raise FileNotFoundError(f"{table_path} is missing from the run directory {path}")
-        tables[name] = pd.read_parquet(table_path)
-    return Run(path=path, info=info, **tables)
 
 
 def final_angles(run: Run) -> tuple[dict[str, float], str]:
@@ -122,19 +63,17 @@ def final_angles(run: Run) -> tuple[dict[str, float], str]:
     """
     d = run.depth
     names = [f"angle_W_Bt_{l}" for l in range(1, d)] + ["angle_W_Bt_all"]
-    weights_path = run.path / "weights.npz"
-    if run.status != "diverged" and weights_path.is_file():
-        with np.load(weights_path) as weights:
-            W = {l: weights.get(f"W{l}_final") for l in range(1, d)}
-            B = {l: _first_present(weights, [f"B{l}", f"B{l}_init", f"B{l}_final"]) for l in range(1, d)}
-        if all(W[l] is not None and B[l] is not None for l in range(1, d)):
-            W_t = [torch.from_numpy(np.asarray(W[l], dtype=np.float64)) for l in range(1, d)]
-            Bt_t = [torch.from_numpy(np.asarray(B[l], dtype=np.float64)).T for l in range(1, d)]
-            angles = {f"angle_W_Bt_{l}": float(measures.angle_deg(Wl, Btl))
-                      for l, Wl, Btl in zip(range(1, d), W_t, Bt_t)}
-            angles["angle_W_Bt_all"] = float(measures.angle_deg_concat(W_t, Bt_t))
-            if all(np.isfinite(list(angles.values()))):
-                return angles, "weights"
+    weights = run.weights() if run.status != "diverged" else {}
+    W = {l: weights.get(f"W{l}_final") for l in range(1, d)}
+    B = {l: weights.get(f"B{l}") for l in range(1, d)}
+    if all(W[l] is not None and B[l] is not None for l in range(1, d)):
+        W_t = [torch.from_numpy(np.asarray(W[l], dtype=np.float64)) for l in range(1, d)]
+        Bt_t = [torch.from_numpy(np.asarray(B[l], dtype=np.float64)).T for l in range(1, d)]
+        angles = {f"angle_W_Bt_{l}": float(measures.angle_deg(Wl, Btl))
+                  for l, Wl, Btl in zip(range(1, d), W_t, Bt_t)}
+        angles["angle_W_Bt_all"] = float(measures.angle_deg_concat(W_t, Bt_t))
+        if all(np.isfinite(list(angles.values()))):
+            return angles, "weights"
     metrics = run.metrics
     present = [name for name in names if name in metrics.columns]
     finite = metrics[np.isfinite(metrics[present]).all(axis=1)] if present else metrics.iloc[:0]
@@ -281,9 +220,7 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
     write("metrics", mean_sd([r.metrics for r in runs], keys=METRICS_KEYS))
     write("evaluation", mean_sd([r.evaluation for r in runs], keys=EVALUATION_KEYS,
                                 measures=["test_accuracy", "test_loss"]))
-    observer_tables = sorted(
-        {p.stem for r in runs for p in r.path.glob("*.parquet")} - set(ENGINE_TABLES)
-    )
+    observer_tables = sorted({name for r in runs for name in r.observer_tables()})
     for name in observer_tables:
         tables = [t for t in (r.table(name) for r in runs) if t is not None]
         write(name, mean_sd(tables))
@@ -327,6 +264,13 @@ def aggregate_open_loop(table_path: PathLike, out_path: PathLike | None = None,
     if out_path is not None:
         artifacts.atomic_write_parquet(Path(out_path), aggregated)
     return aggregated
+
+
+def open_loop_curve(table: pd.DataFrame, keys: Sequence[str], measure: str = "angle") -> pd.DataFrame:
+    """Mean, sd, n of ``measure`` over the ``repetition`` column of an open-loop table, per ``keys``
+    (columns ``*keys, mean, sd, n``): what the open-loop figures draw."""
+    aggregated = mean_sd(split_members(table, "repetition"), keys=keys, measures=[measure])
+    return aggregated.drop(columns="measure")
 
 
 def read_runs_csv(aggregated_dir: PathLike) -> pd.DataFrame:
@@ -396,15 +340,3 @@ def summary_markdown(table: pd.DataFrame) -> str:
     note = ("\nMean ± sd over the completed runs of each condition (sample sd); `diverged` runs are "
             "excluded from the means and listed in that condition's runs.csv.\n")
     return "\n".join(lines) + "\n" + note
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _first_present(archive, names: Sequence[str]):
-    for name in names:
-        if name in archive.files:
-            return archive[name]
-    return None

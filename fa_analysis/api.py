@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from fa_analysis import aggregate, config as fa_config
+from fa_analysis.run_dir import read_run
+from fa_analysis.spec import SPEC_KEYS
 
 PathLike = str | Path
 #: A filter on experiments, conditions, seeds or columns: one value, several, or None for all.
@@ -91,15 +93,10 @@ def load_run(run_dir: PathLike) -> TrainResult:
 
 
 def _read_run_dir(path: Path, keep_path: bool) -> TrainResult:
-    run = aggregate.read_run(path)  # names the missing file when the directory is not a finished run
-    tables = {table.stem: pd.read_parquet(table) for table in sorted(path.glob("*.parquet"))
-              if table.stem not in aggregate.ENGINE_TABLES}
+    run = read_run(path)  # names the missing file when the directory is not a finished run
+    tables = {name: run.table(name) for name in run.observer_tables()}
     record = aggregate.run_record(run)
-    weights_path = path / "weights.npz"
-    weights = {}
-    if weights_path.is_file():
-        with np.load(weights_path) as archive:
-            weights = {name: archive[name] for name in archive.files}
+    weights = run.weights()
     if not keep_path:
         record["run_dir"] = None
     return TrainResult(
@@ -151,6 +148,7 @@ def train_one(
     import torch
 
     from fa_analysis import cli, data, train
+    from fa_analysis.spec import RunSpec
 
     cfg = _config(config)
     spec = _run_spec(cfg, experiment, condition, seed, epochs, overrides)
@@ -168,7 +166,7 @@ def train_one(
     if spec["label_noise"] > 0:  # the noisy labels of the data stage: one fixed draw per level
         labels = data.apply_label_noise(dataset.y_train, spec["label_noise"], cfg["data"]["label_noise_seed"])
     threads = cfg["training"]["threads"] if threads is None else threads
-    run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
+    run_spec = RunSpec.from_dict({**spec, "threads": threads})
     observers = cli.observers_of(spec, true_labels=dataset.y_train)
 
     previous_threads = torch.get_num_threads()
@@ -226,7 +224,7 @@ def _run_spec(cfg: dict, experiment: str, condition: str, seed: int, epochs: int
             "(or name any condition under 'conditions' with experiment='main')"
         )
     spec["seed"] = int(seed)
-    accepted = set(fa_config.SPEC_KEYS) - set(ID_COLUMNS)
+    accepted = set(SPEC_KEYS) - set(ID_COLUMNS)
     unknown = sorted(set(overrides) - accepted)
     if unknown:
         raise TypeError(f"unknown run-spec field(s) {unknown}; the fields train_one accepts are {sorted(accepted)}")
@@ -320,7 +318,7 @@ class Results:
         The columns of ``runs.csv`` (``aggregate.run_record``), read from the run directories; a
         folder holding only ``aggregated/`` gives its ``runs.csv`` files instead.
         """
-        rows = [aggregate.run_record(aggregate.read_run(path)) for *_, path in self._run_dirs()]
+        rows = [aggregate.run_record(read_run(path)) for *_, path in self._run_dirs()]
         if rows:
             table = pd.DataFrame(rows)
         else:

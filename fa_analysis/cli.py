@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import logging
-import re
 import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -105,41 +104,16 @@ def observers_of(spec: Mapping, true_labels=None) -> list:
     return [known[name]() for name in spec["observers"]]
 
 
-def read_labels(spec: Mapping, labels_path: str | None):
-    """The training labels of a run: ``(noisy labels or None, their source for run.json)``.
-
-    A run with ``label_noise`` p > 0 needs the noisy-label file of level p (the data stage's
-    ``labels_noise{p}.npz``); a run with ``label_noise`` 0 trains on the data set's labels and takes
-    no file. Raises ``ValueError`` naming the file and the run's level on any mismatch.
-    """
-    from fa_analysis import data
-
-    run = f"{spec['experiment']}/{spec['condition']}/{spec['seed']}"
-    level = float(spec["label_noise"])
-    if labels_path is None:
-        if level > 0:
-            raise ValueError(f"run {run} trains on {level:g} % noisy labels but no labels file was given: "
-                             f"give the file of that level (the workflow's data/labels_noise{level:g}.npz)")
-        return None, {"file": None, "label_noise": 0.0}
-    if level == 0:
-        raise ValueError(f"run {run} trains on the data set's true labels (label_noise 0): "
-                         f"give no labels file (got {labels_path})")
-    labels, metadata = data.load_labels(labels_path)
-    if float(metadata["percent"]) != level:
-        raise ValueError(f"labels file {labels_path} holds {metadata['percent']:g} % noisy labels but run {run} "
-                         f"has label_noise {level:g}: give the file of level {level:g}")
-    return labels, {"file": str(labels_path), "label_noise": level, "seed": metadata["seed"]}
-
-
 def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str | None, out_dir: str) -> None:
     """One training run (method §5): its artifact directory appears only once the run has finished."""
     import torch
 
     from fa_analysis import data, train
+    from fa_analysis.spec import RunSpec
 
-    labels, labels_source = read_labels(spec, labels_path)
+    labels, labels_source = train.read_labels(spec, labels_path)
     torch.set_num_threads(threads)
-    run_spec = train.RunSpec.from_dict({**spec, "threads": threads})
+    run_spec = RunSpec.from_dict({**spec, "threads": threads})
     dataset = data.load_prepared(dataset_path)
     train.train_run(run_spec, dataset, out_dir, observers=observers_of(spec, true_labels=dataset.y_train),
                     log=log.info, labels=labels, labels_source=labels_source)
@@ -178,23 +152,18 @@ def aggregate_job(run_dirs: Sequence[str], out_dir: str) -> None:
     log.info("aggregated %d runs into %s", len(run_dirs), out_dir)
 
 
-def trajectory_runs(run_dirs: Sequence[str]) -> dict[str, str]:
-    """``{condition: run directory}`` of the trajectory runs (``runs/trajectory/{condition}/seed{s}``)."""
-    return {Path(path).parent.name: str(path) for path in run_dirs}
-
-
 def pca_job(run_dirs: Sequence[str], dataset_path: str, settings: Mapping, out_npz: str, out_json: str) -> None:
     """Joint PCA of the weight trajectories with the loss landscape (method §8)."""
     from fa_analysis import embedding
 
-    embedding.pca_landscape(trajectory_runs(run_dirs), dataset_path, out_npz, out_json, settings)
+    embedding.pca_landscape(embedding.trajectory_runs(run_dirs), dataset_path, out_npz, out_json, settings)
 
 
 def umap_job(run_dirs: Sequence[str], settings: Mapping, out_parquet: str, out_json: str) -> None:
     """UMAP of the weight trajectories (method §8)."""
     from fa_analysis import embedding
 
-    embedding.umap_embedding(trajectory_runs(run_dirs), out_parquet, out_json, settings)
+    embedding.umap_embedding(embedding.trajectory_runs(run_dirs), out_parquet, out_json, settings)
 
 
 def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> None:
@@ -225,23 +194,8 @@ def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], opt
     plot = getattr(figures, f"plot_{name}", None)
     if plot is None:
         raise ValueError(f"no figure {name!r}: fa_analysis.figures has no plot_{name}")
-    plot(_figure_inputs(name, dict(inputs)), stems.pop(), formats=formats, **options)
+    plot(figures.figure_inputs(name, dict(inputs)), stems.pop(), formats=formats, **options)
     log.info("drew %s", ", ".join(outputs))
-
-
-def _figure_inputs(name: str, inputs: dict[str, str]):
-    """Reshape the named inputs into what ``figures.plot_{name}`` takes."""
-    if name == "open_loop_beta":
-        return {bool(int(key.removeprefix("wn"))): path for key, path in inputs.items()}
-    if name == "label_noise":  # {condition: {level: path}}
-        by_condition: dict[str, dict[int, str]] = {}
-        for key, path in inputs.items():
-            condition, level = re.fullmatch(r"(.+)_p(\d+)", key).groups()
-            by_condition.setdefault(condition, {})[int(level)] = path
-        return by_condition
-    if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "remainder", "trajectory_pca", "trajectory_umap"):
-        return next(iter(inputs.values()))
-    return inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(args.dataset).is_file():
             one.error(f"argument --dataset: {args.dataset} does not exist; give the prepared data set "
                       "(the workflow's data/mnist15.npz)")
+        from fa_analysis.train import read_labels
+
         try:
             read_labels(runs[args.run], args.labels)
         except (ValueError, FileNotFoundError) as error:

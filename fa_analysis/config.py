@@ -23,6 +23,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from fa_analysis.spec import SPEC_KEYS, TARGETS, gamma_problem, spec_dict  # noqa: F401 (SPEC_KEYS: re-exported)
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: The config schema, package data: its defaults are the protocol, equal to config.yaml's values.
 SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
@@ -31,26 +33,9 @@ REPO_ROOT = PACKAGE_DIR.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
 
 MNIST_TRAIN_SIZE = 60_000
-OUTPUT_UNITS = {"five_hot": 50, "one_hot": 10}
 
-# Experiment names as they appear in result paths: runs/{experiment}/{condition}/seed{seed}.
 #: Config sections of the mechanism experiments: each measures FA runs without WN (method §6).
 MECHANISM_SECTIONS = ("alignment_terms", "shadow", "remainder")
-EXPERIMENTS = ("main", "label_noise", "label_change", "trajectory", "terms", "shadow", "remainder")
-
-# The keys of a run spec, in the order every spec lists them (docs/design.md, "Run specs").
-# `threads` is not among them: it comes from the rule's `threads:` at run time, so that changing
-# it reruns nothing.
-SPEC_KEYS = (
-    "experiment", "condition", "seed",
-    "sizes", "activation", "init_std", "bias", "targets",
-    "rule", "eta", "wn", "gamma", "ibn",
-    "batch_size", "epochs", "reshuffle", "snapshot_every", "metrics",
-    "label_noise", "phases",
-    "device", "dtype",
-    "observers",
-)
-
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key (dotted path) and what to do."""
@@ -210,16 +195,10 @@ def check_config(config: dict) -> None:
     problems = []
     conditions = config["conditions"]
     for name, condition in conditions.items():
-        if "gamma" in condition and not condition["wn"]:
-            problems.append(
-                f"config key 'conditions.{name}.gamma' is set but 'conditions.{name}.wn' is false: "
-                "gamma is the WN column norm; remove gamma or set wn: true"
-            )
-        if condition["wn"] and "gamma" not in condition:
-            problems.append(
-                f"config key 'conditions.{name}.gamma' is missing: 'conditions.{name}.wn' is true, "
-                "so the WN column norm gamma must be given (e.g. gamma: 1.0)"
-            )
+        problem = gamma_problem(condition["wn"], condition.get("gamma"))
+        if problem:
+            problems.append(f"config key 'conditions.{name}.gamma' (with 'conditions.{name}.wn' "
+                            f"{str(condition['wn']).lower()}): {problem}")
 
     known = ", ".join(sorted(conditions))
     for key, names in _condition_references(config):
@@ -245,10 +224,10 @@ def check_config(config: dict) -> None:
             f"data.image_size² = {n_in} pixels; make the first size {n_in}"
         )
     targets = config["network"]["targets"]
-    if sizes[-1] != OUTPUT_UNITS[targets]:
+    if sizes[-1] != TARGETS[targets]:
         problems.append(
             f"config key 'network.sizes' ends with {sizes[-1]} outputs but network.targets "
-            f"'{targets}' needs {OUTPUT_UNITS[targets]}; make the last size {OUTPUT_UNITS[targets]}"
+            f"'{targets}' needs {TARGETS[targets]}; make the last size {TARGETS[targets]}"
         )
 
     n_train = config["data"]["train_subset"] or MNIST_TRAIN_SIZE
@@ -405,45 +384,29 @@ def _overrides(overrides: dict, condition: dict) -> dict:
 
 
 def _spec(config: dict, experiment: str, run_name: str, condition_name: str, seed: int, **changes) -> dict:
-    """The spec of one run: network + training + the condition, then the experiment's changes."""
+    """The spec of one run (``spec.spec_dict``): network + training + the condition, then the
+    experiment's changes (``phases`` follows a changed ``epochs`` unless given)."""
     network, training = config["network"], config["training"]
     condition = config["conditions"][condition_name]
-    spec = {
+    values = {
         "experiment": experiment,
         "condition": run_name,
         "seed": int(seed),
         "sizes": [int(n) for n in network["sizes"]],
-        "activation": network["activation"],
-        "init_std": network["init_std"],
-        "bias": network["bias"],
-        "targets": network["targets"],
-        "rule": condition["rule"],
-        "eta": condition["eta"],
-        "wn": condition["wn"],
+        **{key: network[key] for key in ("activation", "init_std", "bias", "targets")},
+        **{key: condition[key] for key in ("rule", "eta", "wn", "ibn")},
         "gamma": condition.get("gamma") if condition["wn"] else None,
-        "ibn": condition["ibn"],
-        "batch_size": training["batch_size"],
-        "epochs": training["epochs"],
-        "reshuffle": training["reshuffle"],
-        "snapshot_every": training["snapshot_every"],
-        "metrics": training["metrics"],
+        **{key: training[key] for key in ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics",
+                                          "device", "dtype")},
         "label_noise": 0,
-        "phases": [training["epochs"]],
-        "device": training["device"],
-        "dtype": training["dtype"],
+        "phases": None,
         "observers": {},
     }
-    unknown = set(changes) - set(spec)
+    unknown = set(changes) - set(values)
     if unknown:
         raise KeyError(f"not run-spec keys: {sorted(unknown)}")
-    spec.update(copy.deepcopy(changes))
-    if "epochs" in changes and "phases" not in changes:
-        spec["phases"] = [spec["epochs"]]
-    for key in ("init_std", "eta", "gamma"):
-        if spec[key] is not None:
-            spec[key] = float(spec[key])
-    assert tuple(spec) == SPEC_KEYS
-    return spec
+    values.update(copy.deepcopy(changes))
+    return spec_dict(**values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ Each writes its table plus a JSON of the settings, the seeds, the runs used and 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from fa_analysis import artifacts, data, network
+from fa_analysis.run_dir import Run, read_run, theta_layout, theta_size
 
 PathLike = str | Path
 
@@ -100,44 +100,29 @@ class Trajectory:
     """The snapshots of one trajectory run."""
 
     method: str  # the condition name, e.g. "fa_wn"
-    path: Path
-    info: dict  # run.json
+    run: Run
     iterations: np.ndarray  # (S,)
-    theta: np.ndarray  # (S, P) float32: all W then all b, flattened
+    theta: np.ndarray  # (S, P) float32: all W then all b, flattened (run_dir.theta_layout)
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
 
     @property
     def spec(self) -> dict:
-        return self.info["spec"]
+        return self.run.spec
 
     @property
     def status(self) -> str:
         """``completed`` or ``diverged`` (run.json)."""
-        return str(self.info.get("status", "completed"))
+        return self.run.status
 
 
-def read_trajectory(method: str, run_dir: PathLike) -> Trajectory:
-    """Read ``run.json`` and ``snapshots.npz`` of one trajectory run; errors name the missing file."""
-    path = Path(run_dir)
-    info_path, snapshots_path = path / "run.json", path / "snapshots.npz"
-    for required in (info_path, snapshots_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"{required} is missing: {path} is not a finished trajectory run with "
-                                    "snapshots (training.snapshot_every must be > 0 for the trajectory runs)")
-    info = json.loads(info_path.read_text())
-    with np.load(snapshots_path) as snapshots:
-        iterations, theta = snapshots["iterations"], snapshots["theta"]
-        shapes = json.loads(str(snapshots["shapes"])) if "shapes" in snapshots.files else None
-    if theta.ndim != 2 or len(theta) != len(iterations) or len(theta) < 1:
-        raise ValueError(f"{snapshots_path}: theta has shape {theta.shape} for {len(iterations)} iterations")
-    sizes = info["spec"]["sizes"]
-    layout = {name: list(shape) for name, _, shape in theta_layout(sizes)}
-    if isinstance(shapes, dict) and (
-        shapes.get("W") != [layout[f"W{l}"] for l in range(len(sizes) - 1)]
-        or shapes.get("b") != [layout[f"b{l}"] for l in range(1, len(sizes))]
-    ):
-        raise ValueError(f"{snapshots_path}: snapshot shapes {shapes} differ from the layout of sizes {sizes} "
-                         "(all W then all b); the snapshots were not written by train_run")
-    return Trajectory(method=method, path=path, info=info, iterations=iterations, theta=theta)
+def read_trajectory(method: str, path: PathLike) -> Trajectory:
+    """The snapshots of one trajectory run (``run_dir.read_run``); errors name the missing file."""
+    run = read_run(path, require=("snapshots",))
+    iterations, theta = run.snapshots()
+    return Trajectory(method=method, run=run, iterations=iterations, theta=theta)
 
 
 def read_trajectories(run_dirs: Mapping[str, PathLike]) -> list[Trajectory]:
@@ -145,7 +130,7 @@ def read_trajectories(run_dirs: Mapping[str, PathLike]) -> list[Trajectory]:
     if not run_dirs:
         raise ValueError("no trajectory runs given (config experiments.trajectory.conditions is empty)")
     trajectories = [read_trajectory(method, path) for method, path in run_dirs.items()]
-    seeds = {t.method: t.info.get("seed", t.spec.get("seed")) for t in trajectories}
+    seeds = {t.method: t.run.seed for t in trajectories}
     if len(set(seeds.values())) != 1:
         raise ValueError(f"trajectory runs must share one seed (same initial W, B, b), got {seeds}")
     sizes = {t.method: tuple(t.spec["sizes"]) for t in trajectories}
@@ -157,27 +142,18 @@ def read_trajectories(run_dirs: Mapping[str, PathLike]) -> list[Trajectory]:
     return trajectories
 
 
-def theta_layout(sizes: Sequence[int]) -> list[tuple[str, int, tuple[int, ...]]]:
-    """``(name, start, shape)`` of every block of theta: ``W_0..W_{d-1}`` then ``b_1..b_d``."""
-    layout, start = [], 0
-    for l in range(len(sizes) - 1):
-        shape = (sizes[l], sizes[l + 1])
-        layout.append((f"W{l}", start, shape))
-        start += shape[0] * shape[1]
-    for l in range(1, len(sizes)):
-        layout.append((f"b{l}", start, (sizes[l],)))
-        start += sizes[l]
-    return layout
+def trajectory_runs(run_dirs: Sequence[PathLike]) -> dict[str, str]:
+    """``{condition: run directory}`` of the trajectory runs (``runs/trajectory/{condition}/seed{s}``)."""
+    return {Path(path).parent.name: str(path) for path in run_dirs}
 
 
 def unpack_theta(theta: np.ndarray | torch.Tensor, sizes: Sequence[int]) -> tuple[list, list]:
     """Split a flat theta into ``W`` (list of d, ``W[l]`` of shape (n_l, n_{l+1})) and ``b`` (``b[l-1]`` = b_l)."""
     theta = torch.as_tensor(theta)
-    layout = theta_layout(sizes)
-    expected = layout[-1][1] + layout[-1][2][0]
+    expected = theta_size(sizes)
     if theta.shape[-1] != expected:
         raise ValueError(f"theta has {theta.shape[-1]} entries, sizes {list(sizes)} need {expected}")
-    blocks = {name: theta[start:start + int(np.prod(shape))].reshape(shape) for name, start, shape in layout}
+    blocks = {name: theta[start:start + int(np.prod(shape))].reshape(shape) for name, start, shape in theta_layout(sizes)}
     d = len(sizes) - 1
     return [blocks[f"W{l}"] for l in range(d)], [blocks[f"b{l}"] for l in range(1, d + 1)]
 
@@ -189,29 +165,13 @@ def feedback_reference(trajectory: Trajectory) -> np.ndarray | None:
     """
     if trajectory.spec.get("rule") != "fa":
         return None
-    sizes = trajectory.spec["sizes"]
-    B = read_feedback_weights(trajectory.path, len(sizes) - 1)
+    B = trajectory.run.feedback_weights()
     reference = trajectory.theta[0].astype(np.float64).copy()
-    for name, start, shape in theta_layout(sizes):
+    for name, start, shape in theta_layout(trajectory.spec["sizes"]):
         if name.startswith("W") and int(name[1:]) >= 1:
             l = int(name[1:])
             reference[start:start + shape[0] * shape[1]] = B[l].T.reshape(-1)
     return reference
-
-
-def read_feedback_weights(run_dir: PathLike, d: int) -> dict[int, np.ndarray]:
-    """``{l: B_l}`` for l = 1..d-1 from a run's ``weights.npz`` (``B_l`` of shape (n_{l+1}, n_l))."""
-    path = Path(run_dir) / "weights.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the trajectory run did not store its weights")
-    with np.load(path) as weights:
-        B = {}
-        for l in range(1, d):
-            name = next((n for n in (f"B{l}", f"B{l}_init", f"B{l}_final") if n in weights.files), None)
-            if name is None:
-                raise KeyError(f"{path} has no B{l} (looked for B{l}, B{l}_init, B{l}_final; has {weights.files})")
-            B[l] = np.asarray(weights[name], dtype=np.float64)
-    return B
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,8 +198,7 @@ def landscape_data(trajectory: Trajectory, dataset_path: PathLike, subset: int |
     """
     prepared = data.load_prepared(dataset_path)
     n = len(prepared.y_train) if subset is None else min(int(subset), len(prepared.y_train))
-    seed = int(trajectory.info.get("seed", trajectory.spec.get("seed")))
-    codes = data.phase_codes(trajectory.spec.get("targets", "five_hot"), seed, 0)
+    codes = data.phase_codes(trajectory.spec["targets"], trajectory.run.seed, 0)
     X = prepared.X_train[:n].to(dtype)
     Y_star = codes[prepared.y_train[:n]].to(dtype)
     return X, Y_star
@@ -327,7 +286,7 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
                             "(W_0 and the biases stay at their initial values)",
         "methods": [t.method for t in trajectories],
         "runs": {t.method: str(t.path) for t in trajectories},
-        "seed": int(first.info.get("seed", first.spec.get("seed"))),
+        "seed": first.run.seed,
         "snapshots": {t.method: int(len(t.theta)) for t in trajectories},
         "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
         "pca": {"svd_solver": "randomized", "random_state": PCA_SEED, "dtype": "float32"},
@@ -389,7 +348,7 @@ def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_
         "methods": [t.method for t in trajectories],
         "runs": {t.method: str(t.path) for t in trajectories},
         "seed": s.seed,
-        "run_seed": int(trajectories[0].info.get("seed", trajectories[0].spec.get("seed"))),
+        "run_seed": trajectories[0].run.seed,
         "seconds": time.perf_counter() - started,
         "code_version": artifacts.code_version(),
     }

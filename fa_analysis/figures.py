@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -45,13 +46,6 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from fa_analysis import aggregate  # noqa: E402
 
 PathLike = str | Path
-
-#: The figure names of the output layout (``figures/{name}.{format}``).
-FIGURE_NAMES = (
-    "open_loop", "open_loop_beta", "angle_W_Bt", "accuracy_loss", "alignment_terms_lag",
-    "alignment_terms_time", "update_angle", "shadow_linearised", "shadow_random_b",
-    "trajectory_pca", "trajectory_umap", "label_noise", "label_change", "remainder", "similarity",
-)
 
 #: One colour per learning condition, the same in every figure (Okabe-Ito, colour-blind safe):
 #: BP in blues, FA in oranges / reds / purple.
@@ -169,6 +163,21 @@ def read_table(directory: PathLike, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def figure_inputs(name: str, inputs: dict[str, str]):
+    """Reshape a figure rule's named inputs (``cli.figure_job``) into what ``plot_{name}`` takes."""
+    if name == "open_loop_beta":
+        return {bool(int(key.removeprefix("wn"))): path for key, path in inputs.items()}
+    if name == "label_noise":  # {condition: {level: path}}
+        by_condition: dict[str, dict[int, str]] = {}
+        for key, path in inputs.items():
+            condition, level = re.fullmatch(r"(.+)_p(\d+)", key).groups()
+            by_condition.setdefault(condition, {})[int(level)] = path
+        return by_condition
+    if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "remainder", "trajectory_pca", "trajectory_umap"):
+        return next(iter(inputs.values()))
+    return inputs
+
+
 def _style():
     sns.set_theme(context="paper", style="ticks", font_scale=1.05)
     plt.rcParams.update({"axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
@@ -231,17 +240,17 @@ def _condition_label(condition: str, directory: PathLike | None = None) -> str:
 
 
 def _settings_label(directory: PathLike, condition: str) -> str:
-    """A legend label from the settings the runs actually used (their run.json), e.g.
-    ``FA + WN (γ = 0.6)``: experiments can override a condition's defaults, so its name alone may
-    mislead. Falls back to the condition's usual label when no run spec can be read."""
+    """A legend label from the settings the runs actually used (recorded by the aggregation in
+    ``aggregate.json``), e.g. ``FA + WN (γ = 0.6)``: experiments can override a condition's
+    defaults, so its name alone may mislead. Falls back to the condition's usual label when the
+    runs did not share a rule."""
     try:
-        run_dir = pd.read_csv(Path(directory) / "runs.csv")["run_dir"].iloc[0]
-        spec = json.loads((Path(run_dir) / "run.json").read_text())["spec"]
-    except (OSError, KeyError, IndexError, ValueError):
+        settings = json.loads((Path(directory) / "aggregate.json").read_text())["settings"]
+        label = settings["rule"].upper()
+    except (OSError, KeyError, ValueError, TypeError):
         return _condition_label(condition)
-    label = spec["rule"].upper()
-    if spec.get("wn"):
-        label += f" + WN (γ = {spec['gamma']:g}{', IBN' if spec.get('ibn') else ''})"
+    if settings.get("wn"):
+        label += f" + WN (γ = {settings['gamma']:g}{', IBN' if settings.get('ibn') else ''})"
     return label
 
 
@@ -307,7 +316,7 @@ def plot_open_loop(scenario_tables: Mapping[str, PathLike], out_stem: PathLike,
     """
     fig, (ax,) = _panels(1, width=5.6, height=3.4)
     for scenario, path in scenario_tables.items():
-        curve = mean_over_repetitions(pd.read_parquet(path), keys=["iteration"]).sort_values("iteration")
+        curve = aggregate.open_loop_curve(pd.read_parquet(path), keys=["iteration"]).sort_values("iteration")
         n = int(curve["n"].max())
         plot_mean_sd(ax, curve["iteration"], curve["mean"], curve["sd"],
                      color=SCENARIO_COLORS.get(scenario, "black"),
@@ -334,7 +343,7 @@ def plot_open_loop_beta(sweep_tables: Mapping[bool, PathLike], out_stem: PathLik
     betas = sorted(set().union(*(set(t["beta"].unique()) for t in sweeps.values())))
     beta_colors = dict(zip(betas, sns.color_palette("viridis", len(betas) + 1)[:-1]))  # no pale yellow
     for panel, (wn, table) in enumerate(sorted(sweeps.items()), start=1):
-        aggregated = mean_over_repetitions(table, keys=["beta", "iteration"])
+        aggregated = aggregate.open_loop_curve(table, keys=["beta", "iteration"])
         final = aggregated[aggregated["iteration"] == aggregated["iteration"].max()].sort_values("beta")
         axes[0].errorbar(final["beta"], final["mean"], yerr=final["sd"].fillna(0), color=wn_colors[wn],
                          marker="o", markersize=4, capsize=3, linewidth=1.4, label=wn_labels[wn])
@@ -351,12 +360,6 @@ def plot_open_loop_beta(sweep_tables: Mapping[bool, PathLike], out_stem: PathLik
     axes[0].legend(loc="lower left")
     fig.suptitle("Open loop with graded error autocorrelation (mean ± sd over repetitions)")
     return save_figure(fig, out_stem, formats)
-
-
-def mean_over_repetitions(table: pd.DataFrame, keys: Sequence[str], measure: str = "angle") -> pd.DataFrame:
-    """Mean, sd, n of ``measure`` over the ``repetition`` column, per ``keys`` (open-loop tables)."""
-    aggregated = aggregate.mean_sd(aggregate.split_members(table, "repetition"), keys=keys, measures=[measure])
-    return aggregated.drop(columns="measure")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ Row-vector convention as in the paper. Layers ``l = 0..d``; a minibatch ``L_0 = 
 - ``D[l]``, ``l = 1..d-1``, shape ``(n_d, n_l)`` (DFA: output error straight to layer l); ``D[0] = None``;
 - ``Z[l]``, ``L[l]``, ``delta[l]`` are lists of length ``d+1`` with ``Z[0] = delta[0] = None``.
 
-Every function is a pure function of tensors. Those used in the training loop take optional
-``out`` buffers so that the loop reuses memory; the numbers are the same either way.
+Every function is a pure function of tensors. The activations and ``backward_deltas``, which the
+engine calls on its own memory, take optional ``out`` buffers; the numbers are the same either way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-RULES = ("bp", "fa", "dfa")
+from fa_analysis.spec import RULES  # noqa: F401 (re-exported: the rules are the spec's)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,41 +213,29 @@ def init_network(
 def forward(
     net: Network,
     X: Tensor,
-    Z_out: Sequence[Tensor | None] | None = None,
-    L_out: Sequence[Tensor | None] | None = None,
 ) -> tuple[list[Tensor | None], list[Tensor]]:
     """Forward pass (method §1): ``Z_{l+1} = L_l W_l + 1 b_{l+1}``, ``L_{l+1} = f(Z_{l+1})``, ``L_0 = X``.
 
     Returns ``(Z, L)``, lists of length ``d+1`` with ``Z[0] = None`` and ``L[0] = X``.
-    ``Z_out``/``L_out`` (same layout) are optional buffers written in place.
     """
     f = get_activation(net.activation).f
     Z: list[Tensor | None] = [None]
     L: list[Tensor] = [X]
     for l in range(net.d):
-        z_out = Z_out[l + 1] if Z_out is not None else None
-        l_out = L_out[l + 1] if L_out is not None else None
-        if z_out is None:
-            Z.append(torch.addmm(net.b[l], L[l], net.W[l]))
-        else:
-            Z.append(torch.addmm(net.b[l], L[l], net.W[l], out=z_out))
-        L.append(f(Z[l + 1], l_out))
+        Z.append(torch.addmm(net.b[l], L[l], net.W[l]))
+        L.append(f(Z[l + 1]))
     return Z, L
 
 
-def derivatives(
-    net: Network, Z: Sequence[Tensor | None], L: Sequence[Tensor], out: Sequence[Tensor | None] | None = None
-) -> list[Tensor | None]:
+def derivatives(net: Network, Z: Sequence[Tensor | None], L: Sequence[Tensor]) -> list[Tensor | None]:
     """``f'(Z_l)`` for ``l = 1..d`` (list of length ``d+1``, entry 0 None), derived from ``L_l`` where exact."""
     fprime = get_activation(net.activation).fprime
-    return [None] + [
-        fprime(Z[l], L[l], out[l] if out is not None else None) for l in range(1, net.d + 1)
-    ]
+    return [None] + [fprime(Z[l], L[l]) for l in range(1, net.d + 1)]
 
 
-def output_error(Y_star: Tensor, L_d: Tensor, out: Tensor | None = None) -> Tensor:
+def output_error(Y_star: Tensor, L_d: Tensor) -> Tensor:
     """``E = Y* - L_d`` (method §1); the loss is ``0.5 * sum(E^2)``."""
-    return torch.sub(Y_star, L_d, out=out) if out is not None else Y_star - L_d
+    return Y_star - L_d
 
 
 def loss(E: Tensor) -> Tensor:
@@ -302,39 +290,26 @@ def _mul(a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
 
 
 def weight_updates(
-    net: Network,
-    L: Sequence[Tensor],
-    delta: Sequence[Tensor | None],
-    *,
-    dW_out: Sequence[Tensor] | None = None,
-    db_out: Sequence[Tensor] | None = None,
+    net: Network, L: Sequence[Tensor], delta: Sequence[Tensor | None]
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Updates without the learning rate (method §1): ``dW_l = L_l^T delta_{l+1}``, ``db_{l+1} = 1^T delta_{l+1}``.
 
     The step is ``W_l += eta * dW_l``, ``b += eta * db`` (``sgd_step_``). With bias off ``db``
-    is zero. ``dW_out``/``db_out`` are optional buffers written in place.
+    is zero.
     """
-    return dW_updates(L, delta, out=dW_out), db_updates(net, delta, out=db_out)
+    return dW_updates(L, delta), db_updates(net, delta)
 
 
-def dW_updates(
-    L: Sequence[Tensor], delta: Sequence[Tensor | None], *, out: Sequence[Tensor] | None = None
-) -> list[Tensor]:
+def dW_updates(L: Sequence[Tensor], delta: Sequence[Tensor | None]) -> list[Tensor]:
     """``dW_l = L_l^T delta_{l+1}`` for ``l = 0..d-1``."""
-    if out is None:
-        return [L[l].T @ delta[l + 1] for l in range(len(L) - 1)]
-    return [torch.mm(L[l].T, delta[l + 1], out=out[l]) for l in range(len(L) - 1)]
+    return [L[l].T @ delta[l + 1] for l in range(len(L) - 1)]
 
 
-def db_updates(
-    net: Network, delta: Sequence[Tensor | None], *, out: Sequence[Tensor] | None = None
-) -> list[Tensor]:
+def db_updates(net: Network, delta: Sequence[Tensor | None]) -> list[Tensor]:
     """``db_l = 1^T delta_l`` for ``l = 1..d`` (``db[l-1]`` is ``db_l``); zeros with bias off."""
     if not net.bias:
-        return [torch.zeros_like(b) for b in net.b] if out is None else [o.zero_() for o in out]
-    if out is None:
-        return [delta[l].sum(0) for l in range(1, net.d + 1)]
-    return [torch.sum(delta[l], 0, out=out[l - 1]) for l in range(1, net.d + 1)]
+        return [torch.zeros_like(b) for b in net.b]
+    return [delta[l].sum(0) for l in range(1, net.d + 1)]
 
 
 def sgd_step_(net: Network, dW: Sequence[Tensor], db: Sequence[Tensor], eta: float) -> None:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from fa_analysis import alignment_terms as at
+from fa_analysis.engine import StepState
 from fa_analysis.network import backward_deltas, derivatives, forward, init_network, output_error, sgd_step_, weight_updates
-from fa_analysis.train import RunSpec, StepState
+from fa_analysis.spec import RunSpec
 
 
 @dataclass

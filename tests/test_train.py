@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fa_analysis import artifacts, data
+from fa_analysis.engine import StepState
 from fa_analysis.measures import angle_deg, angle_deg_concat
 from fa_analysis.network import (
     backward_deltas,
@@ -21,7 +22,8 @@ from fa_analysis.network import (
     weight_updates,
 )
 from fa_analysis.normalization import normalize_columns_, unit_columns_
-from fa_analysis.train import ORDER_SEED_OFFSET, RunSpec, StepState, train_run
+from fa_analysis.spec import RunSpec
+from fa_analysis.train import ORDER_SEED_OFFSET, train_run
 
 SMALL = dict(sizes=[16, 12, 9, 11, 50], batch_size=40, epochs=3, snapshot_every=2, threads=1)
 SQUARE = [16, 12, 12, 12, 50]  # equal hidden layers: the engine batches their products
