@@ -54,6 +54,7 @@ from torch import Tensor
 from fa_analysis.history import fprime_input_scale, fprime_times_at
 from fa_analysis.measures import angle_deg_batched
 from fa_analysis.network import get_activation
+from fa_analysis.settings import is_int, with_defaults
 
 NUM_CLASSES = 10  # MNIST digits: the labels the similarity is split by
 PERMUTATION_SEED_OFFSET = 2_000_003
@@ -172,33 +173,35 @@ def class_similarity(L_past: Tensor, labels_past: Tensor, L_now: Tensor, labels_
 
 @dataclass(frozen=True)
 class AlignmentTermsSettings:
-    """The ``alignment_terms`` observer settings (``spec.observers["alignment_terms"]``)."""
+    """The ``alignment_terms`` observer settings (``spec.observers["alignment_terms"]``).
 
-    iterations: tuple[int, ...] = (66, 1260)
-    max_lag: int = 64
-    lags_over_time: tuple[int, ...] = (1, 60, 120)
-    every: int = 1
+    The config keys (``iterations``, ``max_lag``, ``lags_over_time``, ``every``) take the schema's
+    defaults when left out (``settings.schema_defaults``); ``num_classes`` and
+    ``permutation_seed_offset`` are no config keys and default to the constants above.
+    """
+
+    iterations: tuple[int, ...]
+    max_lag: int
+    lags_over_time: tuple[int, ...]
+    every: int
     num_classes: int = NUM_CLASSES
     permutation_seed_offset: int = PERMUTATION_SEED_OFFSET
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "AlignmentTermsSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(settings) - known
-        if unknown:
-            raise KeyError(f"unknown alignment_terms observer keys {sorted(unknown)}; accepted: {sorted(known)}")
-        values = {**cls().__dict__, **settings}
+        values = with_defaults(("alignment_terms",), settings, set(cls.__dataclass_fields__))
+        values = {"num_classes": NUM_CLASSES, "permutation_seed_offset": PERMUTATION_SEED_OFFSET, **values}
         for key in ("iterations", "lags_over_time"):
             seq = values[key]
-            if not isinstance(seq, (list, tuple)) or not all(_is_int(x) and x >= 0 for x in seq):
+            if not isinstance(seq, (list, tuple)) or not all(is_int(x) and x >= 0 for x in seq):
                 raise ValueError(f"alignment_terms.{key} must be a list of non-negative ints, got {seq!r}")
             values[key] = tuple(int(x) for x in seq)
         if any(o < 1 for o in values["lags_over_time"]):
             raise ValueError(f"alignment_terms.lags_over_time must be lags >= 1, got {list(values['lags_over_time'])}")
         for key in ("max_lag", "every", "num_classes"):
-            if not _is_int(values[key]) or values[key] < 1:
+            if not is_int(values[key]) or values[key] < 1:
                 raise ValueError(f"alignment_terms.{key} must be a positive int, got {values[key]!r}")
-        if not _is_int(values["permutation_seed_offset"]):
+        if not is_int(values["permutation_seed_offset"]):
             raise ValueError(f"alignment_terms.permutation_seed_offset must be an int, got {values['permutation_seed_offset']!r}")
         return cls(**values)
 
@@ -464,7 +467,3 @@ def _frame(keys: list[tuple], values: list[Tensor], key_columns: list[str], valu
         if column in ("iteration", "layer", "lag"):
             frame[column] = frame[column].astype("int64")
     return frame
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -30,6 +30,7 @@ import torch
 
 from fa_analysis import artifacts, data, network
 from fa_analysis.run_dir import Run, read_run, theta_layout, theta_size
+from fa_analysis.settings import is_int, with_defaults
 
 PathLike = str | Path
 
@@ -44,48 +45,52 @@ PCA_SEED = 0
 
 @dataclass(frozen=True)
 class PCASettings:
-    """Config ``embedding`` (PCA part): grid points per axis, margin, training subset size."""
+    """Config ``embedding`` (PCA part): grid points per axis, margin, training subset size.
 
-    pca_grid: int = 25
-    pca_margin: float = 0.2
-    landscape_train_subset: int | None = 10_000
+    A key left out takes the schema's default (``settings.schema_defaults("embedding")``).
+    """
+
+    pca_grid: int
+    pca_margin: float
+    landscape_train_subset: int | None
 
     @classmethod
     def from_dict(cls, settings: Mapping) -> "PCASettings":
-        known = {"pca_grid", "pca_margin", "landscape_train_subset"}
-        chosen = {key: settings[key] for key in known if key in settings}
-        out = cls(**chosen)
-        if not isinstance(out.pca_grid, int) or out.pca_grid < 2:
+        known = set(cls.__dataclass_fields__)
+        out = cls(**with_defaults(("embedding",), {key: settings[key] for key in known if key in settings}, known))
+        if not is_int(out.pca_grid) or out.pca_grid < 2:
             raise ValueError(f"embedding.pca_grid must be an integer >= 2, got {out.pca_grid!r}")
         if not out.pca_margin >= 0:
             raise ValueError(f"embedding.pca_margin must be >= 0, got {out.pca_margin!r}")
         subset = out.landscape_train_subset
-        if subset is not None and (not isinstance(subset, int) or subset < 1):
+        if subset is not None and (not is_int(subset) or subset < 1):
             raise ValueError(f"embedding.landscape_train_subset must be a positive integer or null, got {subset!r}")
         return out
 
 
 @dataclass(frozen=True)
 class UMAPSettings:
-    """Config ``embedding.umap``: neighbours, minimum distance, seed, maximum number of points."""
+    """Config ``embedding.umap``: neighbours, minimum distance, seed, maximum number of points.
 
-    n_neighbors: int = 30
-    min_dist: float = 0.3
-    seed: int = 0
-    max_points: int = 4000
+    A key left out takes the schema's default (``settings.schema_defaults("embedding", "umap")``).
+    """
+
+    n_neighbors: int
+    min_dist: float
+    seed: int
+    max_points: int
 
     @classmethod
     def from_dict(cls, settings: Mapping) -> "UMAPSettings":
-        unknown = set(settings) - {"n_neighbors", "min_dist", "seed", "max_points"}
-        if unknown:
-            raise ValueError(f"embedding.umap has unknown keys {sorted(unknown)}; "
-                             "accepted: n_neighbors, min_dist, seed, max_points")
-        out = cls(**settings)
-        if not isinstance(out.n_neighbors, int) or out.n_neighbors < 2:
+        try:
+            out = cls(**with_defaults(("embedding", "umap"), settings, set(cls.__dataclass_fields__)))
+        except KeyError as error:
+            raise ValueError(error.args[0]) from None
+        if not is_int(out.n_neighbors) or out.n_neighbors < 2:
             raise ValueError(f"embedding.umap.n_neighbors must be an integer >= 2, got {out.n_neighbors!r}")
         if not 0 <= out.min_dist:
             raise ValueError(f"embedding.umap.min_dist must be >= 0, got {out.min_dist!r}")
-        if not isinstance(out.max_points, int) or out.max_points < 2:
+        if not is_int(out.max_points) or out.max_points < 2:
             raise ValueError(f"embedding.umap.max_points must be an integer >= 2, got {out.max_points!r}")
         return out
 

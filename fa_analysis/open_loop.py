@@ -56,6 +56,7 @@ import torch
 from fa_analysis import artifacts
 from fa_analysis.measures import angle_deg_batched
 from fa_analysis.normalization import normalize_columns_
+from fa_analysis.settings import is_int, schema_defaults
 
 SCENARIOS = ("auto", "cross", "both", "none")
 BETA_SWEEP_INPUTS = ("autoregressive", "fresh", "fixed")
@@ -90,15 +91,15 @@ class OpenLoopSettings:
         if missing:
             raise KeyError(f"open_loop settings lack {missing}: add them (see config.yaml, section open_loop)")
         sizes = tuple(settings["sizes"])
-        if len(sizes) != 3 or not all(_is_int(n) and n > 0 for n in sizes):
+        if len(sizes) != 3 or not all(is_int(n) and n > 0 for n in sizes):
             raise ValueError(f"open_loop.sizes must be three positive ints [n_0, n_1, n_2], got {list(sizes)}")
         for key in ("batch_size", "iterations", "repetitions"):
-            if not _is_int(settings[key]) or settings[key] < 1:
+            if not is_int(settings[key]) or settings[key] < 1:
                 raise ValueError(f"open_loop.{key} must be a positive int, got {settings[key]!r}")
         for key in ("eta", "init_std"):
             if not isinstance(settings[key], (int, float)) or not settings[key] > 0:
                 raise ValueError(f"open_loop.{key} must be a positive number, got {settings[key]!r}")
-        if not _is_int(settings["seed"]):
+        if not is_int(settings["seed"]):
             raise ValueError(f"open_loop.seed must be an int, got {settings['seed']!r}")
         dtype = settings.get("dtype", "float32")
         if dtype not in _DTYPES:
@@ -127,7 +128,7 @@ class BetaSweepSettings:
 
     betas: tuple[float, ...]
     gamma: float
-    input: str = "fixed"
+    input: str  # left out of the config: the schema's default
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "BetaSweepSettings":
@@ -142,7 +143,7 @@ class BetaSweepSettings:
             raise ValueError(f"open_loop.beta_sweep.betas must be numbers in [0, 1], got {list(betas)}")
         if not isinstance(sweep["gamma"], (int, float)) or not sweep["gamma"] > 0:
             raise ValueError(f"open_loop.beta_sweep.gamma must be a positive number, got {sweep['gamma']!r}")
-        mode = sweep.get("input", "fixed")
+        mode = sweep.get("input", schema_defaults("open_loop", "beta_sweep")["input"])
         if mode not in BETA_SWEEP_INPUTS:
             raise ValueError(f"open_loop.beta_sweep.input must be one of {BETA_SWEEP_INPUTS}, got {mode!r}")
         return cls(betas=tuple(float(b) for b in betas), gamma=float(sweep["gamma"]), input=mode)
@@ -404,7 +405,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

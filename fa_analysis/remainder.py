@@ -36,7 +36,6 @@ from torch import Tensor
 
 from fa_analysis.alignment_terms import (
     M_matrix,
-    _is_int,
     P_matrix,
     check_fa_without_wn,
     linear_term,
@@ -45,6 +44,7 @@ from fa_analysis.alignment_terms import (
 )
 from fa_analysis.history import TermHistory, bytes_per_step, check_fits
 from fa_analysis.measures import angle_deg_batched
+from fa_analysis.settings import is_int, with_defaults
 
 #: The columns of the ``remainder`` table after ``iteration, layer``, and what each holds.
 REMAINDER_COLUMNS = {
@@ -70,20 +70,17 @@ class RemainderSettings:
     ``every``-th iteration (k = 0, every, 2 every, ...).
     """
 
-    iterations: tuple[int, ...] = (66, 1260)
-    every: int = 60
+    iterations: tuple[int, ...]
+    every: int
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "RemainderSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(settings) - known
-        if unknown:
-            raise KeyError(f"unknown remainder observer keys {sorted(unknown)}; accepted: {sorted(known)}")
-        values = {**cls().__dict__, **settings}
+        """From the observer's settings; a key left out takes the schema's default (section ``remainder``)."""
+        values = with_defaults(("remainder",), settings, set(cls.__dataclass_fields__))
         iterations = values["iterations"]
-        if not isinstance(iterations, (list, tuple)) or not all(_is_int(k) and k >= 0 for k in iterations):
+        if not isinstance(iterations, (list, tuple)) or not all(is_int(k) and k >= 0 for k in iterations):
             raise ValueError(f"remainder.iterations must be a list of non-negative ints, got {iterations!r}")
-        if not _is_int(values["every"]) or values["every"] < 0:
+        if not is_int(values["every"]) or values["every"] < 0:
             raise ValueError(f"remainder.every must be an int >= 0 (0: only at remainder.iterations), got {values['every']!r}")
         return cls(iterations=tuple(int(k) for k in iterations), every=int(values["every"]))
 

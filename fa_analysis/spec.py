@@ -16,12 +16,10 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+from fa_analysis import settings
+from fa_analysis.settings import is_int
 
 RULES = ("bp", "fa", "dfa")
 ACTIVATION_NAMES = ("tanh_relu", "relu", "tanh", "sigmoid", "linear")  # network.ACTIVATIONS defines them
@@ -90,7 +88,7 @@ class RunSpec:
             if getattr(self, f.name) is DEFAULT:
                 set_(self, f.name, _copy(defaults[f.name]))
         values = normalise(asdict(self))
-        values["label_noise"] = float(values["label_noise"]) if _is_int(values["label_noise"]) else values["label_noise"]
+        values["label_noise"] = float(values["label_noise"]) if is_int(values["label_noise"]) else values["label_noise"]
         for key in ("sizes", "phases"):
             if isinstance(values[key], list):
                 values[key] = tuple(values[key])
@@ -129,7 +127,7 @@ def protocol_defaults() -> dict[str, Any]:
     the ``condition`` definition's own defaults, e.g. ``ibn``); what the experiment sets is that
     of a ``main`` run: true labels, one phase, no observers.
     """
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = settings.schema()
     properties = schema["properties"]
     experiment, condition, seed = DEFAULT_RUN
 
@@ -164,10 +162,10 @@ def spec_dict(**values: Any) -> dict[str, Any]:
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """``phases`` None -> ``[epochs]``, the numbers of ``FLOAT_KEYS`` as floats; in place, returned."""
-    if values.get("phases") is None and _is_int(values.get("epochs")):
+    if values.get("phases") is None and is_int(values.get("epochs")):
         values["phases"] = [values["epochs"]]
     for key in FLOAT_KEYS:
-        if _is_int(values.get(key)):
+        if is_int(values.get(key)):
             values[key] = float(values[key])
     return values
 
@@ -188,10 +186,10 @@ def check(spec: Mapping[str, Any]) -> None:
     for key in ("bias", "wn", "ibn", "reshuffle", "metrics"):
         if not isinstance(spec[key], bool):
             raise ValueError(f"{key} must be true or false, got {spec[key]!r}")
-    if not _is_int(spec["seed"]) or spec["seed"] < 0:
+    if not is_int(spec["seed"]) or spec["seed"] < 0:
         raise ValueError(f"seed must be a non-negative integer, got {spec['seed']!r}")
     sizes = spec["sizes"]
-    if not isinstance(sizes, (list, tuple)) or len(sizes) < 2 or not all(_is_int(n) and n >= 1 for n in sizes):
+    if not isinstance(sizes, (list, tuple)) or len(sizes) < 2 or not all(is_int(n) and n >= 1 for n in sizes):
         raise ValueError(f"sizes must list at least two positive integers, got {sizes!r}")
     problem = output_units_problem(sizes, spec["targets"])
     if problem:
@@ -208,7 +206,7 @@ def check(spec: Mapping[str, Any]) -> None:
     bounds = (("batch_size", 1), ("epochs", 1), ("snapshot_every", 0)) + ((("threads", 1),) if "threads" in spec else ())
     for key, low in bounds:
         value = spec[key]
-        if not _is_int(value) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
     noise = spec["label_noise"]
     if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0 <= noise <= 100:
@@ -217,7 +215,7 @@ def check(spec: Mapping[str, Any]) -> None:
     if (
         not isinstance(phases, (list, tuple))
         or not phases
-        or not all(_is_int(p) and p >= 1 for p in phases)
+        or not all(is_int(p) and p >= 1 for p in phases)
         or sum(phases) != spec["epochs"]
     ):
         raise ValueError(
@@ -273,10 +271,6 @@ def _check_known(values: Mapping[str, Any], accepted: Sequence[str]) -> None:
 def _copy(value: Any) -> Any:
     return {key: _copy(item) for key, item in value.items()} if isinstance(value, dict) else (
         list(value) if isinstance(value, list) else value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _choice(key: str, value: Any, accepted: Sequence[str]) -> None:
