@@ -19,7 +19,7 @@ Entry points (the workflow calls these; every path argument may be a ``str`` or 
 - :func:`aggregate_condition` -- run directories of one ``{experiment}/{condition}`` -> an
   aggregated directory (``metrics.parquet``, ``evaluation.parquet``, ``runs.csv`` and the
   observers' tables, e.g. ``terms_lag.parquet``, ``shadow.parquet``);
-- :func:`aggregate_open_loop` -- one open-loop table -> mean and sd over repetitions
+- :func:`open_loop_curve` -- one open-loop table -> mean and sd over repetitions (what its figures draw)
   (:func:`open_loop_curve` for one measure, as the open-loop figures draw it);
 - :func:`summary_table` -- aggregated condition directories -> ``summary.csv`` and ``summary.md``.
 """
@@ -249,21 +249,6 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
     artifacts.atomic_write_json(meta_path, meta)
     written["aggregate"] = meta_path
     return written
-
-
-def aggregate_open_loop(table_path: PathLike, out_path: PathLike | None = None,
-                        keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean and sd over repetitions of one open-loop table (method §7).
-
-    ``table_path`` is ``open_loop/{scenario}.parquet`` (columns repetition, iteration, angle) or a
-    β-sweep table; keys are inferred from the column types unless given. Written to ``out_path``
-    when given.
-    """
-    table = pd.read_parquet(table_path)
-    aggregated = mean_sd(split_members(table, "repetition"), keys=keys)
-    if out_path is not None:
-        artifacts.atomic_write_parquet(Path(out_path), aggregated)
-    return aggregated
 
 
 def open_loop_curve(table: pd.DataFrame, keys: Sequence[str], measure: str = "angle") -> pd.DataFrame:

@@ -153,13 +153,12 @@ def test_open_loop_aggregates_over_repetitions(tmp_path):
     rng = np.random.default_rng(1)
     table = pd.DataFrame({"repetition": np.repeat(np.arange(4), 5), "iteration": np.tile(np.arange(5), 4),
                           "angle": rng.uniform(0, 180, 20)})
-    table.to_parquet(tmp_path / "auto.parquet")
-    out = aggregate.aggregate_open_loop(tmp_path / "auto.parquet", tmp_path / "auto_agg.parquet")
+    out = aggregate.open_loop_curve(table, keys=["iteration"])
     at_3 = table[table.iteration == 3]["angle"]
     row = out[out.iteration == 3].iloc[0]
     assert (row["mean"], row["n"]) == (pytest.approx(at_3.mean()), 4)
     assert row["sd"] == pytest.approx(at_3.std(ddof=1))
-    assert (tmp_path / "auto_agg.parquet").is_file()
+    assert list(out.columns) == ["iteration", "mean", "sd", "n"]
 
 
 def test_summary_has_one_row_per_condition_with_finite_values(tmp_path, condition):
