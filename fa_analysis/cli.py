@@ -177,13 +177,15 @@ def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> No
 # Figures
 
 
-def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], options: Mapping) -> None:
+def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], options: Mapping,
+               groups: Mapping[str, Sequence] | None = None) -> None:
     """Draw figure ``name`` (method §9) from its named inputs into ``figures/{name}.{format}``.
 
     ``inputs`` are keyed as the workflow names them: condition names for aggregated directories,
-    scenario names, ``wn0``/``wn1`` for the beta sweep, the run names ``{condition}_p{level}`` of
-    label noise,
-    alignment-term variants, ``shadow``, ``pca``, ``umap``. ``options`` are the figure's settings.
+    scenario names, ``wn0``/``wn1`` for the beta sweep, the run names of label noise, alignment-term
+    variants, ``shadow``, ``pca``, ``umap``. ``groups`` gives, for the figures that group their
+    inputs, each input's group keys (``[wn]`` for the beta sweep, ``[condition, level]`` for label
+    noise): names are never parsed. ``options`` are the figure's settings.
     """
     from fa_analysis import figures
 
@@ -194,7 +196,7 @@ def figure_job(name: str, inputs: Mapping[str, str], outputs: Sequence[str], opt
     plot = getattr(figures, f"plot_{name}", None)
     if plot is None:
         raise ValueError(f"no figure {name!r}: fa_analysis.figures has no plot_{name}")
-    plot(figures.figure_inputs(name, dict(inputs)), stems.pop(), formats=formats, **options)
+    plot(figures.figure_inputs(name, dict(inputs), groups or {}), stems.pop(), formats=formats, **options)
     log.info("drew %s", ", ".join(outputs))
 
 

@@ -325,10 +325,9 @@ def _iter_specs(config: dict) -> Iterator[dict]:
             yield _spec(config, "main", name, name, seed)
 
     noise = experiments["label_noise"]
-    for name in noise["conditions"]:
-        for level in noise["levels"]:
-            for seed in noise["seeds"]:
-                yield _spec(config, "label_noise", f"{name}_p{level}", name, seed, label_noise=level)
+    for run_name, (name, level) in label_noise_runs(config).items():
+        for seed in noise["seeds"]:
+            yield _spec(config, "label_noise", run_name, name, seed, label_noise=level)
 
     change = experiments["label_change"]
     for name in change["conditions"]:
@@ -411,6 +410,12 @@ def _spec(config: dict, experiment: str, run_name: str, condition_name: str, see
 
 # --------------------------------------------------------------------------------------------
 # What the workflow derives from the specs
+
+
+def label_noise_runs(config: dict) -> dict[str, tuple[str, int]]:
+    """The label-noise experiment's run names, ``{condition}_p{level}``, with the condition and level each stands for."""
+    noise = config["experiments"]["label_noise"]
+    return {f"{name}_p{level}": (name, level) for name in noise["conditions"] for level in noise["levels"]}
 
 
 def label_noise_levels(specs: Mapping[Any, dict]) -> list[int]:

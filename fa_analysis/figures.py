@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -163,14 +162,23 @@ def read_table(directory: PathLike, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def figure_inputs(name: str, inputs: dict[str, str]):
-    """Reshape a figure rule's named inputs (``cli.figure_job``) into what ``plot_{name}`` takes."""
-    if name == "open_loop_beta":
-        return {bool(int(key.removeprefix("wn"))): path for key, path in inputs.items()}
-    if name == "label_noise":  # {condition: {level: path}}
+def figure_inputs(name: str, inputs: dict[str, str], groups: Mapping[str, Sequence] | None = None):
+    """Reshape a figure rule's named inputs (``cli.figure_job``) into what ``plot_{name}`` takes.
+
+    ``groups`` maps an input name to its group keys where the figure groups its inputs: ``[wn]``
+    (the beta sweep: ``{wn: path}``), ``[condition, level]`` (label noise: ``{condition: {level:
+    path}}``). An input without group keys there is an error naming it.
+    """
+    if name in ("open_loop_beta", "label_noise"):
+        groups = groups or {}
+        missing = sorted(set(inputs) - set(groups))
+        if missing:
+            raise ValueError(f"figure {name}: no group keys for the input(s) {missing} (figures.smk, FIGURE_GROUPS)")
+        if name == "open_loop_beta":
+            return {bool(groups[key][0]): path for key, path in inputs.items()}
         by_condition: dict[str, dict[int, str]] = {}
         for key, path in inputs.items():
-            condition, level = re.fullmatch(r"(.+)_p(\d+)", key).groups()
+            condition, level = groups[key]
             by_condition.setdefault(condition, {})[int(level)] = path
         return by_condition
     if len(inputs) == 1 and name in ("shadow_linearised", "shadow_random_b", "remainder", "trajectory_pca", "trajectory_umap"):

@@ -238,11 +238,15 @@ def _texts(fig) -> str:
     return "\n".join(text.get_text() for text in fig.findobj(matplotlib.text.Text))
 
 
+# The label-noise figure's group keys as the workflow passes them (figures.smk, FIGURE_GROUPS)
+NOISE_GROUPS = {f"{condition}_p{level}": [condition, level] for condition in ("fa", "fa_wn") for level in (0, 50, 100)}
+
+
 def test_label_noise_figure_shows_every_condition_in_its_colour(aggregated, tmp_path, monkeypatch):
-    """The workflow's inputs are the run names {condition}_p{level}; the figure groups them."""
+    """The workflow's inputs are the run names, with each one's condition and level beside them."""
     captured = _captured(monkeypatch)
     cli.figure_job("label_noise", {name: str(path) for name, path in aggregated["label_noise"].items()},
-                   [str(tmp_path / "label_noise.png")], {})
+                   [str(tmp_path / "label_noise.png")], {}, NOISE_GROUPS)
     fig = captured["fig"]
     legend = {text.get_text() for text in fig.legends[0].get_texts()}
     assert legend == {"FA", "FA + WN (IBN)"}
@@ -304,16 +308,26 @@ def test_a_condition_whose_runs_all_diverged_is_drawn_as_such(diverged, tmp_path
         inputs = diverged["terms"] if name.startswith("alignment_terms") or name == "similarity" else diverged["main"]
     options = {"window": 5} if name in ("update_angle", "alignment_terms_time") else {}
     captured = _captured(monkeypatch)
-    cli.figure_job(name, inputs, [str(tmp_path / f"{name}.png")], options)
+    cli.figure_job(name, inputs, [str(tmp_path / f"{name}.png")], options, NOISE_GROUPS)
     assert re.search(r"all (2 )?runs diverged", _texts(captured["fig"]))
     plt.close(captured["fig"])
+
+
+def test_grouped_figures_take_their_groups_from_the_workflow_not_from_names(aggregated, tmp_path):
+    inputs = {name: str(path) for name, path in aggregated["label_noise"].items()}
+    with pytest.raises(ValueError, match=r"no group keys for the input\(s\) \['fa_p100', 'fa_p50', 'fa_wn_p0'"):
+        cli.figure_job("label_noise", inputs, [str(tmp_path / "x.png")], {}, {"fa_p0": ["fa", 0]})
+    # a name is only a name: the groups say what it stands for
+    grouped = figures.figure_inputs("label_noise", {"run_a": "a", "run_b": "b"}, {"run_a": ["fa", 20], "run_b": ["fa", 40]})
+    assert grouped == {"fa": {20: "a", 40: "b"}}
+    assert figures.figure_inputs("open_loop_beta", {"x": "p", "y": "q"}, {"x": [False], "y": [True]}) == {False: "p", True: "q"}
 
 
 def test_diverged_figures_are_written(diverged, tmp_path):
     """The same figures, saved: a valid PNG and PDF each."""
     for name, inputs in (("label_noise", diverged["label_noise"]), ("alignment_terms_lag", diverged["terms"])):
         outputs = [str(tmp_path / f"{name}.{fmt}") for fmt in ("png", "pdf")]
-        cli.figure_job(name, inputs, outputs, {})
+        cli.figure_job(name, inputs, outputs, {}, NOISE_GROUPS)
         png, pdf = (Path(path) for path in outputs)
         assert png.read_bytes()[:8] == PNG_MAGIC and pdf.read_bytes()[:5] == b"%PDF-"
 

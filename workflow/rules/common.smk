@@ -13,6 +13,7 @@ from fa_analysis.config import (
     experiment_conditions,
     iterations_per_epoch,
     label_noise_levels,
+    label_noise_runs,
     run_specs,
 )
 

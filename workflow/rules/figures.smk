@@ -42,6 +42,11 @@ FIGURE_INPUTS = {
     "label_noise": aggregated("label_noise"),
     "label_change": aggregated("label_change"),
 }
+# How a figure groups its inputs, where it does (the input names are flat): {input name: group keys}
+FIGURE_GROUPS = {
+    "open_loop_beta": {f"wn{int(wn)}": [bool(wn)] for wn in OPEN_LOOP["beta_sweep"]["wn"]},
+    "label_noise": {run: [condition, level] for run, (condition, level) in label_noise_runs(config).items()},
+}
 FIGURE_OPTIONS = {
     "update_angle": {"window": config["figures"]["moving_average"]},
     "alignment_terms_time": {"window": config["figures"]["moving_average"]},
@@ -59,6 +64,7 @@ for figure_name, figure_inputs in FIGURE_INPUTS.items():
             figure(figure_name),
         params:
             options=FIGURE_OPTIONS.get(figure_name, {}),
+            groups=FIGURE_GROUPS.get(figure_name, {}),
             code=CODE["figures"],
             upstream=upstream(figure_inputs),
         log:

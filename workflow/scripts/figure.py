@@ -8,4 +8,5 @@ with cli.job_log(snakemake.log[0]):
         dict(snakemake.input.items()),
         list(snakemake.output),
         snakemake.params.options,
+        snakemake.params.groups,
     )
