@@ -507,11 +507,16 @@ def test_full_config_plans_one_training_job_per_run(tmp_path, workflow):
 
 @slow
 def test_profile_names_only_rules_of_the_workflow(tmp_path, workflow):
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     result = workflow.run(workflow.workdir(tmp_path / "rules"), "--list-rules")
     rules = set(result.stdout.split())
-    assert set(profile["set-resources"]) | set(profile["set-threads"]) <= rules
-    assert profile["executor"] == "slurm"
+    for name in ("slurm", "slurm-gpu"):
+        profile = yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+        groups = dict(item.split("=", 1) for item in profile["groups"])
+        components = dict(item.split("=", 1) for item in profile["group-components"])
+        named = set(profile.get("set-resources") or {}) | set(profile["set-threads"]) | set(groups)
+        assert named <= rules, (name, named - rules)
+        assert set(components) <= set(groups.values()), (name, components)
+        assert profile["executor"] == "slurm"
 
 
 def test_conda_env_pins_exactly_the_constraints():

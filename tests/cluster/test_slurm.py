@@ -2,9 +2,12 @@
 
 `tests/cluster/slurm_up.sh` stands up a single-node cluster on this machine (installing munge and
 SLURM with apt when missing); the smoke configuration, cut to one run per experiment, then runs through
-`snakemake --profile profiles/slurm` in a copy of the workflow, and a deliberately failing job
-must come back as failed. Every job that is not a localrule has to appear in SLURM's own records
-(the controller's log, and `sacct` when the cluster keeps accounting).
+`snakemake --profile profiles/slurm` in a copy of the workflow: the training runs go out as a few
+group jobs, each asking SLURM for one CPU, the memory of its largest run and the sum of its runs'
+time limits, and running its runs one after another. A job that fails once succeeds on the retry
+with twice its memory and time; a job that always fails is retried as often as the profile says,
+then reported failed. Every job that is not a localrule has to appear in SLURM's own records (the
+controller's log, and `sacct` when the cluster keeps accounting).
 
 Needs root, and SLURM installed or apt able to install it; skips with the reason otherwise. The
 daemons the fixture started are stopped by PID when the module ends, whatever the outcome.
@@ -13,6 +16,8 @@ daemons the fixture started are stopped by PID when the module ends, whatever th
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import os
 import re
 import shutil
@@ -43,7 +48,19 @@ FAILING_TIMEOUT_S = 300
 KILLED = 128 + signal.SIGKILL  # exit status of `timeout -s KILL` when the limit was hit
 # The profile waits 40 s before the first status check (sized for real clusters); this one answers at once.
 FIRST_STATUS_CHECK_S = 2
+# Training runs per group job on the test cluster: its node has 2 CPUs, so the smoke run's training
+# goes out as a few group jobs that run side by side (the profile's own value is sized for the protocol).
+TEST_TRAIN_COMPONENTS = 4
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sacct", "squeue")
+
+
+def _profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    """{key: value} of a profile list of KEY=VALUE items (groups, group-components)."""
+    return dict(item.split("=", 1) for item in items)
 
 
 @dataclass(frozen=True)
@@ -195,19 +212,21 @@ def _snakemake(cluster: Cluster, workdir: Path, args: list[str], timeout_s: int)
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.?$", re.M)
 
 
-def _submitted_job_ids(log: str) -> list[str]:
-    """SLURM job ids of the jobs Snakemake handed to sbatch, in submission order."""
-    return [job for job, _ in SUBMITTED.findall(log)]
-
-
 def _submitted_jobs(log: str) -> list[tuple[str, str]]:
-    """(SLURM job id, rule) of each job handed to sbatch; the plugin keeps each job's SLURM log
-    under <logdir>/rule_<rule>/<wildcards>/<job id>.log."""
+    """(SLURM job id, what it runs) of each job handed to sbatch: "rule <name>" for a job of one rule,
+    "group <id>" for a group job. The plugin keeps each job's SLURM log under
+    <logdir>/rule_<rule>/<wildcards>/<job id>.log, a group job's under <logdir>/group_<id>_<its rules>/."""
+    group_ids = set(_pairs(_profile().get("groups", [])).values())
     jobs = []
     for job, path in SUBMITTED.findall(log):
-        rule_dirs = [part for part in Path(path).parts if part.startswith("rule_")]
-        assert rule_dirs, f"SLURM log path {path} names no rule"
-        jobs.append((job, rule_dirs[0].removeprefix("rule_")))
+        dirs = [part for part in Path(path).parts if part.startswith(("rule_", "group_"))]
+        assert dirs, f"SLURM log path {path} names no rule and no group"
+        if dirs[0].startswith("rule_"):
+            jobs.append((job, f"rule {dirs[0].removeprefix('rule_')}"))
+            continue
+        ids = [group for group in group_ids if dirs[0].startswith(f"group_{group}_")]
+        assert ids, f"SLURM log path {path} names none of the profile's groups {sorted(group_ids)}"
+        jobs.append((job, f"group {max(ids, key=len)}"))
     return jobs
 
 
@@ -242,39 +261,85 @@ def _sacct_states(job_ids: list[str], wait_s: float = 30) -> dict[str, tuple[str
         time.sleep(1)
 
 
-def test_failing_job_is_reported_failed(cluster, tmp_path):
-    """A rule that exits 1 on the node: SLURM records the job as failed and snakemake exits non-zero."""
+def _minutes(limit: str) -> int:
+    """SLURM's [days-]hours:minutes:seconds as minutes."""
+    days, _, clock = limit.rpartition("-")
+    hours, minutes, seconds = (int(part) for part in clock.split(":"))
+    assert seconds == 0, f"time limit {limit} is not whole minutes"
+    return int(days or 0) * 1440 + hours * 60 + minutes
+
+
+def _megabytes(memory: str) -> int:
+    """SLURM's requested memory (ReqMem: 2118M, 2G; a trailing n or c names per node or per CPU) in MB."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT])[nc]?", memory)
+    assert match, f"unexpected ReqMem {memory!r}"
+    value, unit = float(match.group(1)), match.group(2)
+    return round(value * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[unit])
+
+
+def _sacct_requests(job_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """(CPUs, memory in MB, time limit in minutes) each job asked SLURM for, from the accounting database."""
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "--format=JobIDRaw,ReqCPUS,ReqMem,Timelimit"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return {job: (int(cpus), _megabytes(memory), _minutes(limit)) for job, cpus, memory, limit in rows}
+
+
+def test_failed_jobs_are_retried_with_more_resources(cluster, tmp_path):
+    """The profile's `retries`: a job that fails on its first attempt goes out again with twice its
+    memory and time and succeeds; a job that always fails goes out 1 + retries times, each time
+    with more, is recorded as failed by SLURM every time, and snakemake exits non-zero."""
+    retries = int(_profile()["retries"])
+    assert retries >= 1, "the profile retries no failed job"
     (tmp_path / "Snakefile").write_text(
         'rule all:\n'
-        '    input: "never.txt"\n'
+        '    input: "recovered.txt", "never.txt"\n'
+        '\n'
+        'rule fail_once:\n'
+        '    output: "recovered.txt"\n'
+        '    resources: mem_mb=lambda wildcards, attempt: 100 * attempt, runtime=lambda wildcards, attempt: 5 * attempt\n'
+        '    shell: "if [ ! -e attempted ]; then touch attempted; echo failing once on purpose; exit 1; fi; "\n'
+        '           "echo SLURM job $SLURM_JOB_ID, mem_mb {resources.mem_mb}, runtime {resources.runtime} > {output}"\n'
         '\n'
         'rule fail_on_purpose:\n'
         '    output: "never.txt"\n'
-        '    resources: mem_mb=100, runtime=5\n'
+        '    resources: mem_mb=lambda wildcards, attempt: 100 * attempt, runtime=lambda wildcards, attempt: 5 * attempt\n'
         '    shell: "echo failing on purpose on $(hostname) in SLURM job $SLURM_JOB_ID; exit 1"\n'
     )
     result = _snakemake(cluster, tmp_path, [], FAILING_TIMEOUT_S)
     log = result.stdout + result.stderr
 
-    assert result.returncode != 0, f"snakemake succeeded although the job failed:\n{log[-3000:]}"
-    job_ids = _submitted_job_ids(log)
-    assert len(job_ids) == 1, f"expected one sbatch submission, got {job_ids}:\n{log[-3000:]}"
-    (job_id,) = job_ids
-    assert f"SLURM-job '{job_id}' failed" in log
+    assert result.returncode != 0, f"snakemake succeeded although a job failed on every attempt:\n{log[-3000:]}"
+    submitted = _submitted_jobs(log)
+    once = [job for job, kind in submitted if kind == "rule fail_once"]
+    never = [job for job, kind in submitted if kind == "rule fail_on_purpose"]
+    assert len(once) == 2, f"the job that fails once went out {len(once)} times:\n{log[-3000:]}"
+    assert len(never) == 1 + retries, f"the failing job went out {len(never)} times, not 1 + {retries}:\n{log[-3000:]}"
+    assert (tmp_path / "recovered.txt").read_text().split() == [
+        "SLURM", "job", f"{once[1]},", "mem_mb", "200,", "runtime", "10"
+    ]
     assert not (tmp_path / "never.txt").exists()
-    # The job really ran under SLURM: its own log (kept because it failed) names the SLURM job.
-    slurm_log_path = tmp_path / SUBMITTED.search(log).group(2)  # an absolute path stays as it is
-    assert slurm_log_path.is_file(), f"the SLURM log {slurm_log_path} of the failed job was not kept"
-    assert f"in SLURM job {job_id}" in slurm_log_path.read_text()
-    assert _controller_exit_status(cluster, job_ids) == {job_id: 1}
+    assert f"SLURM-job '{never[-1]}' failed" in log
+    # The failed attempt's own SLURM log (kept because it failed) shows it ran under SLURM.
+    first_log = tmp_path / dict((job, path) for job, path in SUBMITTED.findall(log))[never[0]]
+    assert f"in SLURM job {never[0]}" in first_log.read_text()
+    assert _controller_exit_status(cluster, once + never) == {once[0]: 1, once[1]: 0, **dict.fromkeys(never, 1)}
     if cluster.accounting:
-        assert _sacct_states(job_ids) == {job_id: ("FAILED", "1:0")}
+        assert _sacct_states(once + never) == {
+            once[0]: ("FAILED", "1:0"), once[1]: ("COMPLETED", "0:0"), **dict.fromkeys(never, ("FAILED", "1:0"))
+        }
+        # Attempt n asks for n times the first attempt's memory and time (one CPU each).
+        requests = _sacct_requests(once + never)
+        assert [requests[job] for job in once] == [(1, 100, 5), (1, 200, 10)]
+        assert [requests[job] for job in never] == [(1, 100 * n, 5 * n) for n in range(1, retries + 2)]
 
 
 def cluster_config() -> dict:
     """The smoke configuration cut to one run per experiment where it can (one seed, one condition,
-    one level, one variant; two trajectories): every rule of the DAG still runs, each through
-    sbatch where the profile sends it, in a fraction of the jobs."""
+    one level, one variant, one open-loop scenario and beta sweep; two trajectories): every rule of
+    the DAG still runs, each through sbatch where the profile sends it, in a fraction of the jobs."""
     config = yaml.safe_load(SMOKE_CONFIG.read_text())
     experiments = config["experiments"]
     experiments["main"]["conditions"] = ["fa"]
@@ -285,37 +350,92 @@ def cluster_config() -> dict:
     for section in (experiments["main"], experiments["label_noise"], experiments["label_change"],
                     config["alignment_terms"], config["shadow"], config["remainder"]):
         section["seeds"] = [0]
+    config["open_loop"]["scenarios"] = ["auto"]
+    config["open_loop"]["beta_sweep"]["wn"] = [False]
     return config
 
 
+# Prepended to the training script of the workflow copy: each training run records, in
+# training_runs/, the SLURM job it ran in, when, and the threads and resources Snakemake gave it.
+RECORD_TRAINING_RUN = """\
+import json as _json, os as _os, time as _time
+from pathlib import Path as _Path
+_record = dict(run="/".join(snakemake.wildcards), job=_os.environ.get("SLURM_JOB_ID"), threads=snakemake.threads,
+               mem_mb=snakemake.resources.mem_mb, runtime=snakemake.resources.runtime, start=_time.time())
+"""
+RECORD_TRAINING_RUN_END = """
+_record["end"] = _time.time()
+_Path("training_runs").mkdir(exist_ok=True)
+_Path("training_runs", f"{_record['job']}.{_record['run'].replace('/', '.')}.json").write_text(_json.dumps(_record))
+"""
+
+
+def _record_training_runs(workdir: Path) -> None:
+    script = workdir / "workflow" / "scripts" / "train.py"
+    script.write_text(RECORD_TRAINING_RUN + script.read_text() + RECORD_TRAINING_RUN_END)
+
+
 def test_smoke_workflow_runs_through_slurm(mnist_root, cluster, tmp_path):
-    """The smoke configuration end to end on the cluster: snakemake succeeds, every job of the
-    rules that run on the cluster went through sbatch and exited 0 in SLURM, every output exists."""
+    """The smoke configuration end to end on the cluster: snakemake succeeds; the training runs go
+    out as a few group jobs, each asking for one CPU, the memory of its largest run and the sum of
+    its runs' time limits, and running its runs one after another; every other job of a rule that
+    runs on the cluster goes out alone; SLURM ran every job to exit status 0; every output exists."""
     workdir = _copy_workflow(tmp_path / "workflow")
     (workdir / "cluster.yaml").write_text(yaml.safe_dump(cluster_config()))
+    _record_training_runs(workdir)
     config = ["--configfile", "cluster.yaml", "--config", f"data={{root: {mnist_root}, download: false}}"]
+    profile = _profile()
+    groups = _pairs(profile["groups"])
+    components = {**_pairs(profile["group-components"]), "train": str(TEST_TRAIN_COMPONENTS)}
+    grouping = ["--group-components", *(f"{group}={n}" for group, n in components.items())]
 
     start = time.monotonic()
-    result = _snakemake(cluster, workdir, config, SMOKE_TIMEOUT_S)
+    result = _snakemake(cluster, workdir, [*config, *grouping], SMOKE_TIMEOUT_S)
     seconds = time.monotonic() - start
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"smoke run through SLURM failed:\n{log[-6000:]}"
     print(f"\nsmoke run through SLURM: {seconds:.1f} s")
 
-    # Jobs went through sbatch, every job of a rule that ran on the cluster did (localrules stay on
-    # the submitting host), and SLURM ran each of them to exit status 0.
+    # Jobs went through sbatch: a rule outside the profile's groups as one SLURM job per job
+    # (localrules stay on the submitting host), a group's rules as one SLURM job per
+    # `group-components` of their runs.
     submitted = _submitted_jobs(log)
     job_ids = [job for job, _ in submitted]
     assert submitted, f"no job went through sbatch:\n{log[-3000:]}"
     assert len(set(job_ids)) == len(job_ids)
-    per_rule = Counter(rule for _, rule in submitted)
+    per_kind = Counter(kind for _, kind in submitted)
     planned = _planned_jobs(log)
-    assert {rule: planned.get(rule) for rule in per_rule} == dict(per_rule)
-    print(f"jobs through SLURM per rule: {dict(per_rule)}; local: "
-          f"{ {rule: n for rule, n in planned.items() if rule not in per_rule} }")
+    alone = {kind.removeprefix("rule "): n for kind, n in per_kind.items() if kind.startswith("rule ")}
+    assert {rule: planned.get(rule) for rule in alone} == alone
+    assert not set(alone) & set(groups), f"a grouped rule went out alone: {alone}"
+    for group in set(groups.values()):
+        runs = sum(planned.get(rule, 0) for rule, its_group in groups.items() if its_group == group)
+        assert per_kind[f"group {group}"] == math.ceil(runs / int(components.get(group, 1))), (group, per_kind)
+    assert 1 < per_kind["group train"] < planned["train"]
+    print(f"SLURM jobs: {dict(per_kind)}; local: "
+          f"{ {rule: n for rule, n in planned.items() if rule not in alone and rule not in groups} }")
     assert _controller_exit_status(cluster, job_ids) == {job: 0 for job in job_ids}
+
+    # Each training run ran once, inside one of the training group jobs, with one thread.
+    records = [json.loads(path.read_text()) for path in (workdir / "training_runs").glob("*.json")]
+    assert len(records) == planned["train"] == len({r["run"] for r in records})
+    train_jobs = {job for job, kind in submitted if kind == "group train"}
+    by_job = {job: sorted((r for r in records if r["job"] == job), key=lambda r: r["start"]) for job in train_jobs}
+    assert {r["job"] for r in records} == train_jobs
+    assert all(r["threads"] == 1 for r in records)
+    for job, runs in by_job.items():
+        # one after another: each run ended before the next one started
+        assert all(a["end"] <= b["start"] for a, b in zip(runs, runs[1:])), f"runs of SLURM job {job} overlapped: {runs}"
+
     if cluster.accounting:
         assert _sacct_states(job_ids) == {job: ("COMPLETED", "0:0") for job in job_ids}
+        # What each job asked SLURM for: one CPU (the profile's `cores`); a training group, the
+        # memory of its largest run and the sum of its runs' time limits.
+        requests = _sacct_requests(job_ids)
+        assert all(cpus == 1 for cpus, _, _ in requests.values()), requests
+        for job, runs in by_job.items():
+            assert requests[job] == (1, max(r["mem_mb"] for r in runs), sum(r["runtime"] for r in runs)), (job, runs)
+        print("training group jobs (CPUs, MB, minutes):", {job: requests[job] for job in sorted(by_job)})
 
     # Every output of the DAG exists. (Not "up to date": the training params carry a hash of the
     # package code, which may legitimately change under a long run in a working checkout.)

@@ -5,6 +5,7 @@
 import functools
 import hashlib
 import json
+import math
 import re
 from types import SimpleNamespace
 
@@ -182,24 +183,77 @@ def network_scale(spec):
     return sum(sizes[l - 1] * sizes[l] for l in range(1, len(sizes) - 1)) / 18750
 
 
-def train_runtime(wildcards):
-    """Minutes a training job may take (SLURM's time limit): generous, from its iteration count."""
+# --------------------------------------------------------------------------------------------
+# Resources on a cluster, from the measured benchmark files (results/benchmarks, summarised by
+# benchmarks/cost_table.py) of the protocol's runs on one core (CPU seconds, peak RSS):
+#   train, main (6,000 iterations, no observer)       ~22 s CPU, 755 MB
+#   train, label_change (12,000 iterations)           ~35 s CPU
+#   train, terms (1,500 iterations, alignment terms)  27-34 s CPU, 1,050-1,960 MB
+#   train, remainder (1,800 iterations, 27k visits)   ~63 s CPU, 1,300 MB (260 MB of it history)
+#   train, shadow (600 iterations, 180k visits)       ~324 s CPU, 1,100 MB
+#   prepare_data 9 s, 1,090 MB; prepare_label_noise 5 s, 930 MB; open_loop 6 s, 730 MB;
+#   open_loop_beta 15 s, 600 MB; trajectory_pca and trajectory_umap: smoke scale only (by_attempt)
+# Every request is the measured cost times a margin (RESOURCE_MARGIN: memory x1.5, time x2, since
+# a node may be slower than the machine that measured), and grows with the attempt: a job that
+# SLURM killed for memory or time is retried (profile key `retries`) with twice, three times, ...
+# its first request. Locally (no profile) attempt is 1 and nothing here limits a job.
+
+RESOURCE_MARGIN = {"mem_mb": 1.5, "runtime": 2.0}
+MIN_RUNTIME = 2  # minutes: no SLURM time limit below this
+# Training job: start-up (Snakemake's job, `import torch`, the data set) and seconds per iteration
+# without / with observers, seconds per past-step visit of the whole-history sums (protocol's network).
+TRAIN_START_S = 15
+TRAIN_ITERATION_S = {False: 0.004, True: 0.025}
+HISTORY_VISIT_S = 0.002
+# Peak memory of a training job before its whole-history storage: without / with observers.
+TRAIN_PEAK_MB = {False: 1000, True: 1400}
+
+
+def mem_mb_for(peak_mb, attempt):
+    """Memory to request for a measured peak: times the margin, times the attempt."""
+    return math.ceil(peak_mb * RESOURCE_MARGIN["mem_mb"]) * attempt
+
+
+def runtime_for(seconds, attempt):
+    """Minutes to request for a measured duration: times the margin, at least MIN_RUNTIME, times the attempt."""
+    return max(MIN_RUNTIME, math.ceil(seconds * RESOURCE_MARGIN["runtime"] / 60)) * attempt
+
+
+def measured_mem_mb(peak_mb):
+    """A rule's `mem_mb` from its measured peak (MB), growing with the attempt."""
+    return lambda wildcards, attempt: mem_mb_for(peak_mb, attempt)
+
+
+def measured_runtime(seconds):
+    """A rule's `runtime` from its measured duration (seconds), growing with the attempt."""
+    return lambda wildcards, attempt: runtime_for(seconds, attempt)
+
+
+def by_attempt(value):
+    """A resource not yet measured at the protocol's scale: `value` on the first attempt, times the attempt."""
+    return lambda wildcards, attempt: value * attempt
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes a training job may take (SLURM's time limit): the measured cost of its iterations
+    and whole-history visits, times the margin and the attempt."""
     spec = run_spec(wildcards)
     iterations = spec["epochs"] * iterations_per_epoch(config)
-    per_1000 = 10 if spec["observers"] else 3  # the alignment terms cost more than the step
     _, pairs = history_steps_and_pairs(spec)
-    # a past-step visit costs about 2 ms on one core for the protocol's network; budget 5 ms
-    return 10 + per_1000 * iterations // 1000 + int(pairs * 0.005 * network_scale(spec) / 60)
+    seconds = (TRAIN_START_S + iterations * TRAIN_ITERATION_S[bool(spec["observers"])]
+               + pairs * HISTORY_VISIT_S * network_scale(spec))
+    return runtime_for(seconds, attempt)
 
 
-def train_mem_mb(wildcards):
-    """Memory of a training job: about 1 GB measured for the step, plus the whole-history sums'
-    150 kB per stored step for the protocol's network in float32 (twice in float64)."""
+def train_mem_mb(wildcards, attempt):
+    """Memory of a training job: the measured peak, plus the whole-history sums' 150 kB per stored
+    step for the protocol's network in float32 (twice in float64), times the margin and the attempt."""
     spec = run_spec(wildcards)
     steps, _ = history_steps_and_pairs(spec)
     itemsize = 8 if spec["dtype"] == "float64" else 4
     history_mb = steps * 2 * 18750 * network_scale(spec) * itemsize / 1e6
-    return 4000 + int(1.5 * history_mb)
+    peak_mb = TRAIN_PEAK_MB[bool(spec["observers"])] + history_mb
+    return mem_mb_for(peak_mb, attempt)
 
 
 def condition_runs(wildcards):

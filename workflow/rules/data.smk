@@ -18,8 +18,8 @@ rule prepare_data:
         results("benchmarks/prepare_data/mnist15.tsv")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=measured_mem_mb(1100),
+        runtime=measured_runtime(10),
     conda:
         ENV
     message:
@@ -42,10 +42,11 @@ rule prepare_label_noise:
         results("logs/prepare_label_noise/noise{level}.log"),
     benchmark:
         results("benchmarks/prepare_label_noise/noise{level}.tsv")
+    localrule: True  # seconds of work: not worth a cluster job
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=measured_mem_mb(950),
+        runtime=measured_runtime(12),
     conda:
         ENV
     message:

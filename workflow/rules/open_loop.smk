@@ -23,8 +23,8 @@ rule open_loop:
         results("benchmarks/open_loop/{scenario}.tsv")
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=measured_mem_mb(750),
+        runtime=measured_runtime(10),
     conda:
         ENV
     message:
@@ -47,8 +47,8 @@ rule open_loop_beta:
         results("benchmarks/open_loop_beta/beta_wn{wn}.tsv")
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=measured_mem_mb(600),
+        runtime=measured_runtime(25),
     conda:
         ENV
     message:
