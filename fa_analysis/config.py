@@ -327,11 +327,13 @@ def _iter_specs(config: dict) -> Iterator[dict]:
     noise = experiments["label_noise"]
     for run_name, (name, level) in label_noise_runs(config).items():
         for seed in noise["seeds"]:
-            yield _spec(config, "label_noise", run_name, name, seed, label_noise=level)
+            yield _spec(config, "label_noise", run_name, name, seed, label_noise=level,
+                        compare_rules=noise["compare_rules"])
 
     change = experiments["label_change"]
     for name in change["conditions"]:
-        changes = {"phases": list(change["phases"]), "epochs": sum(change["phases"])}
+        changes = {"phases": list(change["phases"]), "epochs": sum(change["phases"]),
+                   "compare_rules": change["compare_rules"]}
         changes.update(_overrides(change["overrides"], config["conditions"][name]))
         for seed in change["seeds"]:
             yield _spec(config, "label_change", name, name, seed, **changes)
@@ -358,12 +360,12 @@ def _iter_specs(config: dict) -> Iterator[dict]:
     for variant in terms["variants"]:
         for seed in terms["seeds"]:
             yield _spec(config, "terms", f"{name}_{variant}", name, seed, epochs=terms["epochs"],
-                        observers=observer, **variants[variant])
+                        compare_rules=terms["compare_rules"], observers=observer, **variants[variant])
 
     shadow = config["shadow"]
     name = shadow["condition"]
     for seed in shadow["seeds"]:
-        yield _spec(config, "shadow", name, name, seed, epochs=shadow["epochs"],
+        yield _spec(config, "shadow", name, name, seed, epochs=shadow["epochs"], compare_rules=shadow["compare_rules"],
                     observers={"shadow": {"random_b_seed_offset": shadow["random_b_seed_offset"]}})
 
     remainder = config["remainder"]
@@ -371,7 +373,7 @@ def _iter_specs(config: dict) -> Iterator[dict]:
     observer = {"remainder": {"iterations": list(remainder["iterations"]), "every": remainder["every"]}}
     for seed in remainder["seeds"]:
         yield _spec(config, "remainder", name, name, seed, epochs=remainder["epochs"], reshuffle=False,
-                    observers=observer)
+                    compare_rules=remainder["compare_rules"], observers=observer)
 
 
 def _overrides(overrides: dict, condition: dict) -> dict:
@@ -396,7 +398,7 @@ def _spec(config: dict, experiment: str, run_name: str, condition_name: str, see
         **{key: condition[key] for key in ("rule", "eta", "wn", "ibn")},
         "gamma": condition.get("gamma") if condition["wn"] else None,
         **{key: training[key] for key in ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics",
-                                          "device", "dtype")},
+                                          "compare_rules", "device", "dtype")},
         "label_noise": 0,
         "phases": None,
         "observers": {},

@@ -127,9 +127,10 @@ class Engine:
     def __init__(self, spec: RunSpec, net: Network, num_iterations: int, device, dtype):
         self.spec, self.d, self.sizes = spec, net.d, net.sizes
         self.nb, self.device, self.dtype = spec.batch_size, device, dtype
-        # the other rules, computed on the same batch and state for the metrics: BP for an FA
-        # run, FA for a BP run, both for a DFA run
-        self.other_rules = [r for r in ("fa", "bp") if r != spec.rule] if spec.metrics else []
+        # the other rules, computed on the same batch and state for the metrics' update angle:
+        # BP for an FA run, FA for a BP run, both for a DFA run; none without compare_rules
+        compare = spec.metrics and spec.compare_rules
+        self.other_rules = [r for r in ("fa", "bp") if r != spec.rule] if compare else []
         self.row_of = {spec.rule: DRIVE, **{r: DRIVE + 1 + i for i, r in enumerate(self.other_rules)}}
         self.f = ACTIVATIONS[spec.activation].f
         self.fprime_fn = ACTIVATIONS[spec.activation].fprime
@@ -371,7 +372,7 @@ def metrics_table(engine: Engine, rows: int, n_batches: int) -> pd.DataFrame:
         return pd.DataFrame(columns)
     G = engine.gram[:rows].to(torch.float64).cpu()
     d = G.shape[1]
-    fa, bp = engine.row_of["fa"], engine.row_of["bp"]
+    fa, bp = engine.row_of.get("fa"), engine.row_of.get("bp")
 
     def g(l: int | slice, i: int, j: int) -> Tensor:
         return G[:, l, i, j]
@@ -382,8 +383,9 @@ def metrics_table(engine: Engine, rows: int, n_batches: int) -> pd.DataFrame:
     ).numpy()
     for l in range(1, d):
         columns[f"angle_W_Bt_{l}"] = angle_from_products(g(l, THETA, BT), g(l, THETA, THETA), g(l, BT, BT)).numpy()
-    for l in range(d):
-        columns[f"angle_dWfa_dWbp_{l}"] = angle_from_products(g(l, fa, bp), g(l, fa, fa), g(l, bp, bp)).numpy()
+    if fa is not None and bp is not None:  # the update angle needs both rules (compare_rules)
+        for l in range(d):
+            columns[f"angle_dWfa_dWbp_{l}"] = angle_from_products(g(l, fa, bp), g(l, fa, fa), g(l, bp, bp)).numpy()
     for l in range(1, d):
         columns[f"angle_dW_Bt_{l}"] = angle_from_products(g(l, DRIVE, BT), g(l, DRIVE, DRIVE), g(l, BT, BT)).numpy()
     for l in range(d):

@@ -33,7 +33,8 @@ DEFAULT_RUN = ("main", "fa", 0)
 DEFAULT_SECTIONS = {
     "network": ("sizes", "activation", "init_std", "bias", "targets"),
     "condition": ("rule", "eta", "wn", "gamma", "ibn"),
-    "training": ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics", "device", "dtype", "threads"),
+    "training": ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics", "compare_rules", "device", "dtype",
+                 "threads"),
 }
 
 
@@ -74,6 +75,7 @@ class RunSpec:
     reshuffle: bool = DEFAULT
     snapshot_every: int = DEFAULT
     metrics: bool = DEFAULT
+    compare_rules: bool = DEFAULT
     label_noise: float = DEFAULT
     phases: tuple[int, ...] | None = None  # None: one phase of `epochs`
     device: str = DEFAULT
@@ -183,7 +185,7 @@ def check(spec: Mapping[str, Any]) -> None:
     for key in ("experiment", "condition"):
         if not isinstance(spec[key], str) or not spec[key]:
             raise ValueError(f"{key} must be a non-empty string, got {spec[key]!r}")
-    for key in ("bias", "wn", "ibn", "reshuffle", "metrics"):
+    for key in ("bias", "wn", "ibn", "reshuffle", "metrics", "compare_rules"):
         if not isinstance(spec[key], bool):
             raise ValueError(f"{key} must be true or false, got {spec[key]!r}")
     if not is_int(spec["seed"]) or spec["seed"] < 0:

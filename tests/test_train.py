@@ -224,6 +224,23 @@ def test_metrics_off_records_the_same_loss_and_trains_the_same(synthetic, tmp_pa
     np.testing.assert_array_equal(np.load(on.files["snapshots"])["theta"], np.load(off.files["snapshots"])["theta"])
 
 
+@pytest.mark.parametrize("rule,sizes", [("fa", SMALL["sizes"]), ("bp", SQUARE), ("dfa", SQUARE)])
+def test_compare_rules_off_drops_only_the_update_angle(synthetic, tmp_path, rule, sizes):
+    """Without the other rules' updates the run trains the same and records every other measure
+    exactly as with them; only angle(dW^FA, dW^BP) is gone."""
+    on = train_run(_spec(rule=rule, sizes=sizes, compare_rules=True), synthetic, tmp_path / "on", log=_quiet)
+    off = train_run(_spec(rule=rule, sizes=sizes, compare_rules=False), synthetic, tmp_path / "off", log=_quiet)
+    m_on, m_off = pd.read_parquet(on.files["metrics"]), pd.read_parquet(off.files["metrics"])
+    d = len(sizes) - 1
+    dropped = [f"angle_dWfa_dWbp_{l}" for l in range(d)]
+    assert list(m_off.columns) == [c for c in m_on.columns if c not in dropped]
+    assert all(c in m_on.columns for c in dropped)
+    # the Gram matrices differ in size only: every product they share is the same number
+    pd.testing.assert_frame_equal(m_on.drop(columns=dropped), m_off, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.load(on.files["snapshots"])["theta"], np.load(off.files["snapshots"])["theta"])
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["spec"]["compare_rules"] is False
+
+
 def test_same_seed_gives_identical_results_and_different_seeds_differ(synthetic, tmp_path):
     a = train_run(_spec(seed=5), synthetic, tmp_path / "a", log=_quiet)
     b = train_run(_spec(seed=5), synthetic, tmp_path / "b", log=_quiet)
