@@ -234,15 +234,24 @@ def by_attempt(value):
     return lambda wildcards, attempt: value * attempt
 
 
-def train_runtime(wildcards, attempt):
-    """Minutes a training job may take (SLURM's time limit): the measured cost of its iterations
-    and whole-history visits, times the margin and the attempt."""
-    spec = run_spec(wildcards)
+def train_seconds(spec):
+    """The measured cost model of a training job: start-up, its iterations and its whole-history visits."""
     iterations = spec["epochs"] * iterations_per_epoch(config)
     _, pairs = history_steps_and_pairs(spec)
-    seconds = (TRAIN_START_S + iterations * TRAIN_ITERATION_S[bool(spec["observers"])]
-               + pairs * HISTORY_VISIT_S * network_scale(spec))
-    return runtime_for(seconds, attempt)
+    return (TRAIN_START_S + iterations * TRAIN_ITERATION_S[bool(spec["observers"])]
+            + pairs * HISTORY_VISIT_S * network_scale(spec))
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes a training job may take (SLURM's time limit): its cost, times the margin and the attempt."""
+    return runtime_for(train_seconds(run_spec(wildcards)), attempt)
+
+
+def train_priority(wildcards):
+    """Longest first: a training job's priority is its expected seconds, so that the few long runs
+    (the shadow and remainder runs' whole-history sums, the 200-epoch label change) start early
+    instead of leaving one core busy at the end while the others idle."""
+    return round(train_seconds(run_spec(wildcards)))
 
 
 def train_mem_mb(wildcards, attempt):

@@ -18,6 +18,7 @@ rule train:
     benchmark:
         results("benchmarks/train/{experiment}/{condition}/seed{seed}.tsv")
     threads: config["training"]["threads"]
+    priority: train_priority
     resources:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
