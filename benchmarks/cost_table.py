@@ -6,8 +6,10 @@ prints, per rule and per experiment (the training jobs' ``{experiment}`` path pa
 of jobs, CPU seconds, wall seconds, the largest peak RSS and the share of the total CPU time; then
 the run's wall time (from the Snakemake log given with ``--log``, else the span of the benchmark
 files' modification times), and the per-rule resources a cluster profile could ask for: the
-largest peak RSS and the longest job, each times ``--margin``. Local rules (aggregation, figures,
-the summary) run beside Snakemake and have no benchmark file.
+largest peak RSS and the longest job, each times ``--margin``. The rules without a benchmark file
+(aggregation, figures, the summary) are counted from the log: with ``--log``, a second table gives
+every rule's jobs and wall seconds from the log's start and finish stamps (1 s resolution), and
+how busy the cores were: the jobs' wall seconds over ``--cores`` times the run's wall time.
 
     python benchmarks/cost_table.py results                       # a finished `make run`
     python benchmarks/cost_table.py results --log .snakemake/log/<run>.snakemake.log --markdown out.md
@@ -86,6 +88,28 @@ def run_wall_seconds(log: Path | None, costs: dict[str, Cost]) -> tuple[float, s
     return max(m for m, _ in ends) - min(starts), "span of the benchmark files (approximate)"
 
 
+_STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+_STARTED = re.compile(r"^Job (\d+):")
+_FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: ([\w-]+)\)")
+
+
+def log_costs(log: Path) -> dict[str, Cost]:
+    """Jobs and wall seconds per rule from a Snakemake log: each job from its ``Job N:`` line to its
+    ``Finished jobid: N (Rule: ...)`` line, timed by the stamp above each (``cpu_s`` and RSS stay 0)."""
+    costs: dict[str, Cost] = {}
+    started: dict[str, datetime] = {}
+    stamp = None
+    for line in log.read_text().splitlines():
+        if match := _STAMP.match(line):
+            stamp = datetime.strptime(" ".join(match.group(1).split()), "%a %b %d %H:%M:%S %Y")
+        elif (match := _STARTED.match(line)) and stamp is not None:
+            started[match.group(1)] = stamp
+        elif (match := _FINISHED.match(line)) and stamp is not None and match.group(1) in started:
+            wall = (stamp - started.pop(match.group(1))).total_seconds()
+            costs.setdefault(match.group(2), Cost()).add({"s": wall}, log)
+    return costs
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -97,6 +121,7 @@ def main() -> None:
     parser.add_argument("results", nargs="?", default="results", type=Path, help="the results folder (config key results)")
     parser.add_argument("--log", type=Path, help="the run's Snakemake log (.snakemake/log/*.snakemake.log)")
     parser.add_argument("--margin", type=float, default=1.5, help="factor on measured memory and time for the profile")
+    parser.add_argument("--cores", type=int, default=2, help="the run's --cores, for how busy the cores were")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
 
@@ -117,11 +142,18 @@ def main() -> None:
     summary = (f"{jobs} benchmarked jobs, {total_cpu:,.0f} CPU s in all; run wall time {wall / 60:.1f} min ({source})")
     resources = [[rule, f"{math.ceil(args.margin * c.max_rss_mb / 100) * 100}",
                   f"{math.ceil(args.margin * c.longest_s / 60)}"] for rule, c in sorted(per_rule.items())]
-    text = "\n\n".join([
-        table(rows, header), summary,
-        f"Per-rule resources, measured peak x {args.margin:g} (mem_mb) and longest job x {args.margin:g} (runtime, min):",
-        table(resources, ["rule", "mem_mb", "runtime"]),
-    ])
+    parts = [table(rows, header), summary]
+    if args.log is not None:
+        logged = log_costs(args.log)
+        total_wall = sum(c.wall_s for c in logged.values()) or 1.0
+        log_rows = [[rule, c.jobs, f"{c.wall_s:,.0f}", f"{c.longest_s:,.0f}", f"{100 * c.wall_s / total_wall:.1f} %"]
+                    for rule, c in sorted(logged.items(), key=lambda item: -item[1].wall_s)]
+        parts += [f"Every job from the log ({sum(c.jobs for c in logged.values())} jobs, {total_wall:,.0f} job-wall s; "
+                  f"the {args.cores} cores were busy {100 * total_wall / (args.cores * wall):.0f} % of the run):",
+                  table(log_rows, ["rule", "jobs", "wall s", "longest s", "wall share"])]
+    parts += [f"Per-rule resources, measured peak x {args.margin:g} (mem_mb) and longest job x {args.margin:g} (runtime, min):",
+              table(resources, ["rule", "mem_mb", "runtime"])]
+    text = "\n\n".join(parts)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
