@@ -519,6 +519,22 @@ def test_profile_names_only_rules_of_the_workflow(tmp_path, workflow):
         assert profile["executor"] == "slurm"
 
 
+def test_the_workflow_profile_is_read_and_plans_the_protocol(tmp_path):
+    """profiles/default applies to every run of the checkout: the scheduler settings it names are
+    Snakemake options, and the full protocol plans with them (a dry run)."""
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert profile == {"max-jobs-per-timespan": "1000/10s", "scheduler": "greedy"}
+    result = subprocess.run(
+        [str(SNAKEMAKE), "-n", "--cores", "2", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO),
+         "--config", f"results={tmp_path / 'results'}", "data={root: data, download: false}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **THREAD_ENV},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Using workflow specific profile profiles/default" in output
+    assert re.search(r"^total\s+323$", output, flags=re.MULTILINE)
+
+
 def test_conda_env_pins_exactly_the_constraints():
     env = yaml.safe_load((REPO / "envs" / "fa.yaml").read_text())
     pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
