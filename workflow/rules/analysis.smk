@@ -49,8 +49,8 @@ rule trajectory_pca:
         results("benchmarks/trajectory_pca/trajectory_pca.tsv")
     threads: 1
     resources:
-        mem_mb=by_attempt(8000),
-        runtime=by_attempt(60),
+        mem_mb=measured_mem_mb(2610),
+        runtime=measured_runtime(47),
     conda:
         ENV
     message:
@@ -76,8 +76,8 @@ rule trajectory_umap:
         results("benchmarks/trajectory_umap/trajectory_umap.tsv")
     threads: 1
     resources:
-        mem_mb=by_attempt(8000),
-        runtime=by_attempt(60),
+        mem_mb=measured_mem_mb(2265),
+        runtime=measured_runtime(173),
     conda:
         ENV
     message:

@@ -192,7 +192,11 @@ def network_scale(spec):
 #   train, remainder (1,800 iterations, 27k visits)   ~63 s CPU, 1,300 MB (260 MB of it history)
 #   train, shadow (600 iterations, 180k visits)       ~324 s CPU, 1,100 MB
 #   prepare_data 9 s, 1,090 MB; prepare_label_noise 5 s, 930 MB; open_loop 6 s, 730 MB;
-#   open_loop_beta 15 s, 600 MB; trajectory_pca and trajectory_umap: smoke scale only (by_attempt)
+#   open_loop_beta 15 s, 600 MB
+# and of the full protocol's end-to-end run on 2 cores (benchmarks/results.md; wall seconds per
+# job, two jobs at a time, peak RSS): main 57 s, label_noise 43 s, label_change 51 s, terms 37 s,
+# remainder 57 s, shadow 334 s, every training run under 1,070 MB; trajectory_pca 47 s, 2,610 MB;
+# trajectory_umap 173 s, 2,265 MB. Every training run stayed inside the limits below.
 # Every request is the measured cost times a margin (RESOURCE_MARGIN: memory x1.5, time x2, since
 # a node may be slower than the machine that measured), and grows with the attempt: a job that
 # SLURM killed for memory or time is retried (profile key `retries`) with twice, three times, ...
