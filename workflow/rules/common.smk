@@ -233,11 +233,6 @@ def measured_runtime(seconds):
     return lambda wildcards, attempt: runtime_for(seconds, attempt)
 
 
-def by_attempt(value):
-    """A resource not yet measured at the protocol's scale: `value` on the first attempt, times the attempt."""
-    return lambda wildcards, attempt: value * attempt
-
-
 def train_seconds(spec):
     """The measured cost model of a training job: start-up, its iterations and its whole-history visits."""
     iterations = spec["epochs"] * iterations_per_epoch(config)
