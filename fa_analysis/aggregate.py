@@ -32,7 +32,6 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fa_analysis import artifacts, measures
 from fa_analysis.run_dir import Run, read_run
@@ -67,11 +66,10 @@ def final_angles(run: Run) -> tuple[dict[str, float], str]:
     W = {l: weights.get(f"W{l}_final") for l in range(1, d)}
     B = {l: weights.get(f"B{l}") for l in range(1, d)}
     if all(W[l] is not None and B[l] is not None for l in range(1, d)):
-        W_t = [torch.from_numpy(np.asarray(W[l], dtype=np.float64)) for l in range(1, d)]
-        Bt_t = [torch.from_numpy(np.asarray(B[l], dtype=np.float64)).T for l in range(1, d)]
-        angles = {f"angle_W_Bt_{l}": float(measures.angle_deg(Wl, Btl))
-                  for l, Wl, Btl in zip(range(1, d), W_t, Bt_t)}
-        angles["angle_W_Bt_all"] = float(measures.angle_deg_concat(W_t, Bt_t))
+        W_l = [W[l] for l in range(1, d)]
+        Bt_l = [np.asarray(B[l]).T for l in range(1, d)]
+        angles = {f"angle_W_Bt_{l}": measures.angle_deg_arrays([Wl], [Btl]) for l, Wl, Btl in zip(range(1, d), W_l, Bt_l)}
+        angles["angle_W_Bt_all"] = measures.angle_deg_arrays(W_l, Bt_l)
         if all(np.isfinite(list(angles.values()))):
             return angles, "weights"
     metrics = run.metrics

@@ -310,6 +310,14 @@ def test_importing_the_package_stays_light():
     assert "load_results" in out.stdout
 
 
+def test_aggregation_and_figures_need_no_torch():
+    """The many small jobs after training (aggregate, figures, summary) start without torch's import."""
+    code = ("import sys; from fa_analysis import aggregate, figures, run_dir, artifacts, measures; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line
 

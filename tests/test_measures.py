@@ -2,10 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from fa_analysis.measures import angle_deg, angle_deg_batched, angle_deg_concat, angle_from_products
+from fa_analysis.measures import angle_deg, angle_deg_arrays, angle_deg_batched, angle_deg_concat, angle_from_products
 
 
 def _rand(*shape, seed=0):
@@ -60,3 +61,19 @@ def test_angle_from_products_clamps_round_off_and_flags_zero_matrices():
     assert angle_from_products(torch.tensor(1.0 + 1e-12), torch.tensor(1.0), torch.tensor(1.0)).item() == 0.0
     zero = angle_deg(torch.zeros(2, 2), torch.ones(2, 2))
     assert math.isnan(zero.item())
+
+
+def test_numpy_form_equals_the_torch_form():
+    """``angle_deg_arrays`` (readers of stored weights, no torch) gives the torch functions' angle."""
+    As = [_rand(50, 50, seed=s) for s in range(3)] + [_rand(225, 50, seed=9)]
+    Cs = [(0.3 * A + _rand(*A.shape, seed=20 + i)).T.contiguous().T for i, A in enumerate(As)]
+    for A, C in zip(As, Cs):
+        assert angle_deg_arrays([A.numpy()], [C.numpy()]) == pytest.approx(angle_deg(A, C).item(), abs=1e-12)
+    assert angle_deg_arrays([A.numpy() for A in As], [C.numpy() for C in Cs]) == pytest.approx(
+        angle_deg_concat(As, Cs).item(), abs=1e-12)
+    # float32 input is taken in float64, as the aggregation reads the weights a float32 run wrote
+    A32, C32 = As[0].float(), Cs[0].float()
+    assert angle_deg_arrays([A32.numpy()], [C32.numpy()]) == pytest.approx(angle_deg(A32.double(), C32.double()).item(), abs=1e-12)
+    assert math.isnan(angle_deg_arrays([np.zeros((3, 2))], [np.ones((3, 2))]))
+    with pytest.raises(ValueError, match="same shape"):
+        angle_deg_arrays([np.ones((3, 2))], [np.ones((2, 3))])
