@@ -70,16 +70,18 @@ class Problem:
         return initial_network(self.spec(), torch.device(self.device), getattr(torch, self.dtype))
 
 
-def step_flops(sizes, batch_size: int) -> int:
+def step_flops(sizes, batch_size: int, compare_rules: bool = True) -> int:
     """Floating-point operations of one step's matrix products (2 per multiply-add).
 
-    Forward ``L_l W_l`` (every layer), FA's and BP's hidden deltas ``delta_{l+1} M_l``
-    (l = 1..d-1 each), FA's ``dW_l = L_l^T delta_{l+1}`` (every layer) and BP's (every layer
-    but the output layer, whose update is the same under both rules).
+    Forward ``L_l W_l`` (every layer), FA's hidden deltas ``delta_{l+1} M_l`` (l = 1..d-1) and
+    ``dW_l = L_l^T delta_{l+1}`` (every layer); with ``compare_rules`` also BP's deltas and updates
+    (every layer but the output layer, whose update is the same under both rules).
     """
     d = len(sizes) - 1
     macs = [sizes[l] * sizes[l + 1] for l in range(d)]
-    return 2 * batch_size * (sum(macs) + 2 * sum(macs[1:]) + sum(macs) + sum(macs[:-1]))
+    fa = sum(macs) + sum(macs[1:]) + sum(macs)
+    bp = sum(macs[1:]) + sum(macs[:-1]) if compare_rules else 0
+    return 2 * batch_size * (fa + bp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +245,7 @@ def make_autograd(problem: Problem) -> Callable[[], None]:
 # --------------------------------------------------------------------------------------------
 
 
-def make_products(problem: Problem) -> Callable[[], None]:
+def make_products(problem: Problem, compare_rules: bool = True) -> Callable[[], None]:
     """The products ``step_flops`` counts, into preallocated row-major outputs, nothing else."""
     net = problem.network()
     W, b, B, d, nb = net.W, net.b, net.B, net.d, problem.batch_size
@@ -251,8 +253,9 @@ def make_products(problem: Problem) -> Callable[[], None]:
     g = torch.Generator().manual_seed(problem.seed + 2)
     L = [None] + [torch.rand(nb, n, generator=g).to(device, dtype) for n in problem.sizes[1:]]
     Z = [None] + [torch.empty_like(x) for x in L[1:]]
-    deltas = {rule: [None] + [torch.rand_like(x) for x in L[1:]] for rule in ("fa", "bp")}
-    dW = {rule: [torch.empty_like(w) for w in W] for rule in ("fa", "bp")}
+    rules = ("fa", "bp") if compare_rules else ("fa",)
+    deltas = {rule: [None] + [torch.rand_like(x) for x in L[1:]] for rule in rules}
+    dW = {rule: [torch.empty_like(w) for w in W] for rule in rules}
     batches = itertools.cycle(problem.batches)
 
     def step() -> None:

@@ -1,7 +1,9 @@
 """Cost of the mechanism analyses next to the training step, at the protocol's settings.
 
 The step is the engine's FA step with every per-iteration metric (225-50-50-50-50-50, batch 1000,
-float32, random data of one epoch: the speed does not depend on the values). Beside it:
+float32, random data of one epoch: the speed does not depend on the values), without the other
+rules' updates, as the analyses' runs take it (config ``compare_rules: false``); the main
+experiment's step with them is printed for reference. Beside it:
 
 - ``terms per step``: the alignment-terms observer at an ordinary iteration (lags 1, 60, 120
   over time and the class similarity; config ``alignment_terms``), added to the step; beside
@@ -56,9 +58,10 @@ REMAINDER_STEPS = 1800  # 30 epochs
 class Driver:
     """The engine's step on consecutive minibatches, handing each step's state to ``observers``."""
 
-    def __init__(self, problem: Problem, observers=(), capacity: int = 2000):
+    def __init__(self, problem: Problem, observers=(), capacity: int = 2000, compare_rules: bool = False):
         self.problem = problem
-        spec = problem.spec(observers={"alignment_terms": TERMS, "shadow": SHADOW})
+        # the analyses' runs leave out the other rules' updates (config: compare_rules false)
+        spec = problem.spec(observers={"alignment_terms": TERMS, "shadow": SHADOW}, compare_rules=compare_rules)
         device, dtype = torch.device(problem.device), getattr(torch, problem.dtype)
         self.engine = Engine(spec, initial_network(spec, device, dtype), capacity, device, dtype)
         self.observers = list(observers)
@@ -167,13 +170,17 @@ def main() -> None:
 
     # --- per-step costs, interleaved: the step alone, with the terms observer, with the shadow's constant part
     plain, terms = Driver(problem), Driver(problem, [AlignmentTermsObserver(TERMS)])
-    step_products, terms_products = make_products(problem), make_terms_products(problem, TERMS["lags_over_time"])
+    main_step = Driver(problem, compare_rules=True)  # the main experiment's step, for reference
+    step_products = make_products(problem, compare_rules=False)
+    terms_products = make_terms_products(problem, TERMS["lags_over_time"])
     for _ in range(130):  # past the largest over-time lag, and past k = 66 (a lag-analysis k)
         plain.step()
         terms.step()
-    times = {"step": [], "terms": [], "shadow": [], "step products": [], "terms products": []}
+        main_step.step()
+    times = {"step": [], "main step": [], "terms": [], "shadow": [], "step products": [], "terms products": []}
     for _ in range(args.repeats):
         times["step"].append(ms_per_call(plain.step, args.block))
+        times["main step"].append(ms_per_call(main_step.step, args.block))
         times["terms"].append(ms_per_call(terms.step, args.block))
         times["step products"].append(ms_per_call(step_products, args.block))
         times["terms products"].append(ms_per_call(terms_products, args.block))
@@ -184,12 +191,14 @@ def main() -> None:
         step_ms_k3 = ms_per_call(shadow.step, 1)  # k = 3
         times["shadow"].append(step_ms_k3 - summed_ms[0])  # the constant part: without the history sums
     step_ms = statistics.median(times["step"])
-    row("step (FA, every metric)", step_ms, step_ms)
+    row("step (FA, every metric)", step_ms, step_ms, "as the analyses' runs take it: compare_rules off")
+    row("  main experiment's step", statistics.median(times["main step"]), step_ms,
+        "with the other rules' updates (compare_rules on), for reference")
     row("step + alignment terms, ordinary k", statistics.median(times["terms"]), step_ms)
     row("  alignment terms alone", statistics.median(times["terms"]) - step_ms, step_ms)
     # the floor: each one's matrix products alone, nothing else
     sizes, nb = problem.sizes, problem.batch_size
-    step_flop, terms_flop = step_flops(sizes, nb), terms_flops(sizes, nb, TERMS["lags_over_time"])
+    step_flop, terms_flop = step_flops(sizes, nb, compare_rules=False), terms_flops(sizes, nb, TERMS["lags_over_time"])
     step_bound, terms_bound = statistics.median(times["step products"]), statistics.median(times["terms products"])
     row("  step: matrix products alone", step_bound, step_ms,
         f"{step_flop / 1e6:.1f} MFLOP, {step_flop / step_bound / 1e6:.1f} GFLOP/s")

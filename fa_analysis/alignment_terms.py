@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from fa_analysis.history import fprime_input_scale, fprime_times_at
-from fa_analysis.measures import angle_deg_batched
+from fa_analysis.measures import angle_from_products
 from fa_analysis.network import get_activation
 from fa_analysis.settings import is_int, with_defaults
 
@@ -323,6 +323,19 @@ def lagged_nonlinear_terms(
     return T_t.view(-1, m, n_l).transpose(0, 1)
 
 
+def angles_and_norms(T_t: Tensor, B: Tensor) -> Tensor:
+    """``[angle(T_t[i], B), ||T_t[i]||_F]`` for a stack of matrices ``T_t``, ``(m, 2)`` in float64.
+
+    ``measures.angle_deg_batched(T_t, B.expand_as(T_t))`` and the norms, from one product of the
+    flattened stack with the flattened ``B`` and one sum of squares (the norm's square is the
+    angle's ``||T||^2``).
+    """
+    flat, b = T_t.reshape(T_t.shape[0], -1), B.reshape(-1)
+    squares = (flat * flat).sum(1)
+    angles = angle_from_products(flat @ b, squares, b.dot(b).expand_as(squares))
+    return torch.stack([angles, squares.double().sqrt()], 1)
+
+
 def scratch_size(m: int, n_b: int, n_prev: int, n_l: int) -> int:
     """Numbers :func:`lagged_nonlinear_terms` needs for m lags of one layer (at most)."""
     return n_prev * 2 * m * n_l + n_b * 2 * m * n_l + 2 * n_b * m * n_l
@@ -389,11 +402,11 @@ class AlignmentTermsObserver:
                 raise ValueError(f"batch labels must lie in 0..{s.num_classes - 1} (alignment_terms.num_classes)")
             self._labels_checked = True
         permutation = torch.randperm(labels.shape[0], generator=self.permutation_generator).to(labels.device)
-        # class membership of the batch's rows under the true and the permuted labels, (2, C, n_b):
-        # the class sums of every layer's input are then one product each
+        # class membership of the batch's rows under the true and the permuted labels, (2 C, n_b):
+        # the class sums of every layer's input under both label sets are then one product each
         members = torch.nn.functional.one_hot(torch.stack([labels, labels[permutation]]), s.num_classes)
-        members = members.transpose(1, 2).to(state.L[0].dtype)
-        counts = members.sum(2)
+        members = members.transpose(1, 2).reshape(2 * s.num_classes, -1).to(state.L[0].dtype)
+        counts = members.sum(1).view(2, s.num_classes)
         reach = min(k, self.capacity)  # lags whose past step is in the buffer
         over_time = k % s.every == 0
         time_lags = {o for o in s.lags_over_time if o <= reach} if over_time else set()
@@ -406,7 +419,7 @@ class AlignmentTermsObserver:
             # G_l[k] = past_factor(L_{l-1}, f'(Z_l), delta_{l+1}, B_l) is the engine's dW_{l-1}^T (FA rule).
             F = state.dW[l - 1]
             P = P_matrix(L_prev, delta_next)
-            sums = members @ L_prev  # (2, C, n_{l-1}): class_sums under both label sets
+            sums = (members @ L_prev).view(2, s.num_classes, -1)  # (2, C, n_{l-1}): class_sums under both label sets
 
             if lags:
                 # every lag of this step at once, from the buffered past
@@ -416,8 +429,7 @@ class AlignmentTermsObserver:
                                                    self.activation, self._scratch(len(lags), L_prev.shape[0], h))
                 linear = eta**2 * (P.T @ h.P[slots] @ B)  # T_lin^T = eta^2 M^T B = eta^2 P[k]^T P[k-o] B
                 T_t = torch.stack([nonlinear, linear], 1).flatten(0, 1)  # (lag, kind) pairs, each T^T
-                values = torch.stack([angle_deg_batched(T_t, B.expand_as(T_t)), T_t.flatten(1).norm(dim=1).to(torch.float64)], 1)
-                values = values.view(len(lags), len(TERM_KINDS), 2)
+                values = angles_and_norms(T_t, B).view(len(lags), len(TERM_KINDS), 2)
                 for table, wanted in (("time", time_lags), ("lag", lag_lags)):
                     chosen = [i for i, o in enumerate(lags) if o in wanted]
                     if chosen:
