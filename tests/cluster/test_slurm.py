@@ -2,8 +2,7 @@
 
 `tests/cluster/slurm_up.sh` stands up a single-node cluster on this machine (installing munge and
 SLURM with apt when missing); the smoke configuration, cut to one run per experiment, then runs through
-`snakemake --profile profiles/slurm` in a copy of the workflow, up to every job that goes to SLURM
-(the local aggregation, figures and summary are the main smoke test's): the training runs go out as a few
+`snakemake --profile profiles/slurm` in a copy of the workflow: the training runs go out as a few
 group jobs, each asking SLURM for one CPU, the memory of its largest run and the sum of its runs'
 time limits, and running its runs one after another. A job that fails once succeeds on the retry
 with twice its memory and time; a job that always fails is retried as often as the profile says,
@@ -378,12 +377,10 @@ def _record_training_runs(workdir: Path) -> None:
     script.write_text(RECORD_TRAINING_RUN + script.read_text() + RECORD_TRAINING_RUN_END)
 
 
-# The rules whose jobs go to SLURM (none is a localrule), and the local rules that the cluster run
-# needs upstream of them. The cluster run leaves out (`--omit-from`) the local rules downstream.
+# The rules whose jobs go to SLURM, and the local rules (`localrule: True`, or targets without a job
+# of their own) that run beside Snakemake on the submitting host, besides every figure rule.
 CLUSTER_RULES = ("prepare_data", "train", "open_loop", "open_loop_beta", "trajectory_pca", "trajectory_umap")
-LOCAL_UPSTREAM = ("prepare_label_noise",)
-# Local rules downstream of them, the main smoke test's: aggregation, figures, summary, targets.
-LOCAL_DOWNSTREAM = ("aggregate", "summary", "all", "mechanisms")
+LOCAL_RULES = ("prepare_label_noise", "aggregate", "summary", "all", "mechanisms")
 
 
 def _rules_of_the_workflow(workdir: Path, config: list[str]) -> set[str]:
@@ -396,18 +393,18 @@ def _rules_of_the_workflow(workdir: Path, config: list[str]) -> set[str]:
 
 
 def test_smoke_workflow_runs_through_slurm(mnist_root, cluster, tmp_path):
-    """The smoke configuration on the cluster, up to every job of a rule that goes to SLURM: snakemake
-    succeeds; the training runs go out as a few group jobs, each asking for one CPU, the memory of
-    its largest run and the sum of its runs' time limits, and running its runs one after another;
-    every other such job goes out alone; SLURM ran every job to exit status 0; every output of those
-    jobs exists. The local rules (aggregation, figures, summary) are the main smoke test's."""
+    """The smoke configuration end to end on the cluster: snakemake succeeds; the training runs go
+    out as a few group jobs, each asking for one CPU, the memory of its largest run and the sum of
+    its runs' time limits, and running its runs one after another; every other job of a rule that
+    runs on the cluster goes out alone, and no local rule's job goes out; SLURM ran every job to
+    exit status 0; every output exists."""
     workdir = _copy_workflow(tmp_path / "workflow")
     (workdir / "cluster.yaml").write_text(yaml.safe_dump(cluster_config()))
     _record_training_runs(workdir)
     config = ["--configfile", "cluster.yaml", "--config", f"data={{root: {mnist_root}, download: false}}"]
     rules = _rules_of_the_workflow(workdir, config)
     figures = {rule for rule in rules if rule.startswith("figure_")}
-    assert rules == {*CLUSTER_RULES, *LOCAL_UPSTREAM, *LOCAL_DOWNSTREAM, *figures}, (
+    assert rules == {*CLUSTER_RULES, *LOCAL_RULES, *figures}, (
         "a rule is neither in CLUSTER_RULES nor a known local rule: say where it runs", rules)
     profile = _profile()
     groups = _pairs(profile["groups"])
@@ -415,8 +412,7 @@ def test_smoke_workflow_runs_through_slurm(mnist_root, cluster, tmp_path):
     grouping = ["--group-components", *(f"{group}={n}" for group, n in components.items())]
 
     start = time.monotonic()
-    omit = ["--omit-from", "aggregate", "summary", *sorted(figures)]
-    result = _snakemake(cluster, workdir, [*config, *grouping, *omit], SMOKE_TIMEOUT_S)
+    result = _snakemake(cluster, workdir, [*config, *grouping], SMOKE_TIMEOUT_S)
     seconds = time.monotonic() - start
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"smoke run through SLURM failed:\n{log[-6000:]}"
@@ -434,8 +430,8 @@ def test_smoke_workflow_runs_through_slurm(mnist_root, cluster, tmp_path):
     alone = {kind.removeprefix("rule "): n for kind, n in per_kind.items() if kind.startswith("rule ")}
     assert {rule: planned.get(rule) for rule in alone} == alone
     assert not set(alone) & set(groups), f"a grouped rule went out alone: {alone}"
-    # every job of every cluster rule went to SLURM, and only those: the local ones ran beside Snakemake
-    assert set(planned) == {*CLUSTER_RULES, *LOCAL_UPSTREAM}, planned
+    # the whole DAG ran; every job of every cluster rule went to SLURM, and only those
+    assert set(planned) == rules - {"mechanisms"}, planned
     assert set(alone) | set(groups) == set(CLUSTER_RULES), (alone, groups)
     for group in set(groups.values()):
         runs = sum(planned.get(rule, 0) for rule, its_group in groups.items() if its_group == group)
@@ -466,16 +462,15 @@ def test_smoke_workflow_runs_through_slurm(mnist_root, cluster, tmp_path):
             assert requests[job] == (1, max(r["mem_mb"] for r in runs), sum(r["runtime"] for r in runs)), (job, runs)
         print("training group jobs (CPUs, MB, minutes):", {job: requests[job] for job in sorted(by_job)})
 
-    # Every output of the cluster rules' jobs exists. (Not "up to date": the training params carry a
-    # hash of the package code, which may legitimately change under a long run in a working checkout.)
+    # Every output of the DAG exists. (Not "up to date": the training params carry a hash of the
+    # package code, which may legitimately change under a long run in a working checkout.)
     summary = subprocess.run(
         [sys.executable, "-m", "snakemake", "--summary", *config],
         cwd=workdir, capture_output=True, text=True, env=_clean_env(), check=True,
     ).stdout.splitlines()
     header, rows = summary[0].split("\t"), [line.split("\t") for line in summary[1:] if line.strip()]
-    ran = {*CLUSTER_RULES, *LOCAL_UPSTREAM}  # --summary lists the whole DAG, the omitted rules too
-    outputs = [o for o in (dict(zip(header, row)) for row in rows) if o["rule"] in ran]
-    assert {o["rule"] for o in outputs} == ran, f"snakemake --summary misses a rule's outputs:\n{summary}"
+    outputs = [dict(zip(header, row)) for row in rows]
+    assert {o["rule"] for o in outputs} == rules - {"all", "mechanisms"}, f"--summary misses a rule's outputs:\n{summary}"
     missing = [
         o["output_file"] for o in outputs if o["status"] == "missing" or not (workdir / o["output_file"]).exists()
     ]
