@@ -33,7 +33,7 @@ def angle_from_products(inner: Tensor, norm_sq_A: Tensor, norm_sq_C: Tensor) -> 
     return cos.clamp(-1.0, 1.0).arccos().rad2deg()
 
 
-def _check_same_shape(A: Tensor, C: Tensor, where: str) -> None:
+def _check_same_shape(A: Tensor | np.ndarray, C: Tensor | np.ndarray, where: str) -> None:
     if A.shape != C.shape:
         raise ValueError(
             f"{where} needs matrices of the same shape, got {tuple(A.shape)} and {tuple(C.shape)}; "
@@ -73,11 +73,7 @@ def angle_deg_arrays(As: Sequence[np.ndarray], Cs: Sequence[np.ndarray]) -> floa
     if len(As) != len(Cs) or not As:
         raise ValueError(f"angle_deg_arrays needs two equally long non-empty lists, got {len(As)} and {len(Cs)}")
     for A, C in zip(As, Cs):
-        if np.shape(A) != np.shape(C):
-            raise ValueError(
-                f"angle_deg_arrays needs matrices of the same shape, got {np.shape(A)} and {np.shape(C)}; "
-                "pass the orientation explicitly, e.g. (W_l, B_l.T)"
-            )
+        _check_same_shape(A, C, "angle_deg_arrays")
     a = np.concatenate([np.asarray(A, dtype=np.float64).reshape(-1) for A in As])
     c = np.concatenate([np.asarray(C, dtype=np.float64).reshape(-1) for C in Cs])
     with np.errstate(invalid="ignore", divide="ignore"):
