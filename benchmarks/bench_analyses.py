@@ -13,6 +13,11 @@ experiment's step with them is printed for reference. Beside it:
 - ``shadow per step``: the shadow observer's constant part, the step included (linearised and
   linear-B' shadows, their angles, the B' past factor): its step at k = 3 less the time of its
   history sums;
+- ``linearised shadow per step``: the shadow observer's step without its random-B' parts (the
+  history sum and the B' past factor made no-ops): the zero-degree term, ``P_l[k]``, the linear
+  terms of both linear shadows and the angles' Gram matrices, less the step;
+- ``random-B' shadow: past factor per step``: what the B' past factor adds to that (its history
+  sum is timed below);
 - ``history sum at k``: the sum of the nonlinear terms over every past step, all four layers
   (``history.TermHistory.terms_sum``), at k = 64, 600 (the shadow runs' last) and 1,740 (the
   remainder runs' last measured k): milliseconds, per past step, and the history's memory;
@@ -46,7 +51,7 @@ from fa_analysis.alignment_terms import AlignmentTermsObserver  # noqa: E402
 from fa_analysis.engine import Engine, StepState, initial_network  # noqa: E402
 from fa_analysis.history import TermHistory, bytes_per_step  # noqa: E402
 from fa_analysis.remainder import RemainderSettings  # noqa: E402
-from fa_analysis.shadow import ShadowObserver  # noqa: E402
+from fa_analysis.shadow import SHADOW_ROWS, ShadowObserver  # noqa: E402
 
 TERMS = {"iterations": [66, 1260], "max_lag": 64, "lags_over_time": [1, 60, 120], "every": 1}
 SHADOW = {"random_b_seed_offset": 7919}
@@ -127,20 +132,31 @@ def make_terms_products(problem: Problem, lags) -> Callable[[], None]:
     return products
 
 
-def timed_history_sums(observer) -> list[float]:
-    """Make ``observer``'s history sums add their milliseconds to the returned one-element list."""
-    spent = [0.0]
-    for history in observer.history.values():
-        plain = history.terms_sum
+def without_random_B(observer: ShadowObserver, past_factor: bool = False) -> ShadowObserver:
+    """``observer`` with its history sums returning zeros, and its B' past factor a no-op unless
+    ``past_factor``: what is left of its step is the linearised shadow's work (and the past factor's)."""
+    for l, history in observer.history.items():
+        zeros = torch.zeros_like(observer.W_Bprime[l])
+        history.terms_sum = lambda *args, _zeros=zeros, **kwargs: _zeros
+    if not past_factor:
+        observer.random_B_past_factor = lambda *args, **kwargs: None
+    return observer
 
-        def timed(*args, _plain=plain, **kwargs):
-            t0 = time.perf_counter()
-            result = _plain(*args, **kwargs)
-            spent[0] += (time.perf_counter() - t0) * 1e3
-            return result
 
-        history.terms_sum = timed
-    return spent
+def linearised_shadow_flops(sizes, batch_size: int) -> int:
+    """Floating-point operations of the linearised shadow's products at one step (2 per multiply-add).
+
+    Per layer l = 1..d-1: ``L_{l-1}[k] W_{l-1}[0]`` and ``f(.)^T delta_{l+1}[k]`` (the zero-degree
+    term), ``P_l[k] = L_{l-1}[k]^T delta_{l+1}[k]``, ``M = (sum_j P_l[j])^T P_l[k]``, the two linear
+    terms ``B^T M`` and ``B'^T M`` and the Gram matrix of the layer's rows (``shadow.SHADOW_ROWS``).
+    """
+    rows = len(SHADOW_ROWS)
+    macs = 0
+    for l in range(1, len(sizes) - 1):
+        n_prev, n_l, n_next = sizes[l - 1], sizes[l], sizes[l + 1]
+        macs += batch_size * (n_prev * n_l + n_l * n_next + n_prev * n_next)
+        macs += n_next * n_prev * n_next + 2 * n_l * n_next * n_next + rows * rows * n_l * n_next
+    return 2 * macs
 
 
 def ms_per_call(fn, n: int) -> float:
@@ -166,36 +182,42 @@ def main() -> None:
     def row(measurement, ms, step_ms=None, note=""):
         rows.append({"measurement": measurement, "ms": round(ms, 3),
                      "x_step": "" if step_ms is None else round(ms / step_ms, 2), "note": note})
-        print(f"{measurement:42s} {ms:10.2f} ms  {'' if step_ms is None else f'{ms / step_ms:8.2f} x step'}  {note}")
+        value = f"{ms:10.2f} ms" if ms < 1e4 else f"{ms / 1e3:10.0f} s "
+        print(f"{measurement:42s} {value}  {'' if step_ms is None else f'{ms / step_ms:8.2f} x step'}  {note}")
 
-    # --- per-step costs, interleaved: the step alone, with the terms observer, with the shadow's constant part
+    # --- per-step costs, interleaved: the step alone, with the terms observer, with the shadow's parts
     plain, terms = Driver(problem), Driver(problem, [AlignmentTermsObserver(TERMS)])
     main_step = Driver(problem, compare_rules=True)  # the main experiment's step, for reference
+    linearised = Driver(problem, [ShadowObserver(SHADOW)])
+    with_past_factor = Driver(problem, [ShadowObserver(SHADOW)])
     step_products = make_products(problem, compare_rules=False)
     terms_products = make_terms_products(problem, TERMS["lags_over_time"])
     for _ in range(130):  # past the largest over-time lag, and past k = 66 (a lag-analysis k)
         plain.step()
         terms.step()
         main_step.step()
-    times = {"step": [], "main step": [], "terms": [], "shadow": [], "step products": [], "terms products": []}
+    for _ in range(3):  # the shadows' buffers made, a few steps in the history
+        linearised.step()
+        with_past_factor.step()
+    without_random_B(linearised.observers[0])
+    without_random_B(with_past_factor.observers[0], past_factor=True)
+    times = {"step": [], "main step": [], "terms": [], "linearised": [], "past factor": [],
+             "step products": [], "terms products": []}
     for _ in range(args.repeats):
         times["step"].append(ms_per_call(plain.step, args.block))
         times["main step"].append(ms_per_call(main_step.step, args.block))
         times["terms"].append(ms_per_call(terms.step, args.block))
+        times["linearised"].append(ms_per_call(linearised.step, args.block))
+        times["past factor"].append(ms_per_call(with_past_factor.step, args.block))
         times["step products"].append(ms_per_call(step_products, args.block))
         times["terms products"].append(ms_per_call(terms_products, args.block))
-        shadow = Driver(problem, [ShadowObserver(SHADOW)])
-        for _ in range(3):  # k = 0..2: buffers made, the history holds 2 steps
-            shadow.step()
-        summed_ms = timed_history_sums(shadow.observers[0])
-        step_ms_k3 = ms_per_call(shadow.step, 1)  # k = 3
-        times["shadow"].append(step_ms_k3 - summed_ms[0])  # the constant part: without the history sums
     step_ms = statistics.median(times["step"])
     row("step (FA, every metric)", step_ms, step_ms, "as the analyses' runs take it: compare_rules off")
     row("  main experiment's step", statistics.median(times["main step"]), step_ms,
         "with the other rules' updates (compare_rules on), for reference")
     row("step + alignment terms, ordinary k", statistics.median(times["terms"]), step_ms)
-    row("  alignment terms alone", statistics.median(times["terms"]) - step_ms, step_ms)
+    terms_ms = statistics.median(times["terms"]) - step_ms
+    row("  alignment terms alone", terms_ms, step_ms)
     # the floor: each one's matrix products alone, nothing else
     sizes, nb = problem.sizes, problem.batch_size
     step_flop, terms_flop = step_flops(sizes, nb, compare_rules=False), terms_flops(sizes, nb, TERMS["lags_over_time"])
@@ -204,8 +226,16 @@ def main() -> None:
         f"{step_flop / 1e6:.1f} MFLOP, {step_flop / step_bound / 1e6:.1f} GFLOP/s")
     row("  alignment terms: matrix products alone", terms_bound, step_ms,
         f"{terms_flop / 1e6:.1f} MFLOP ({terms_flop / step_flop:.2f} x the step's), {terms_flop / terms_bound / 1e6:.1f} GFLOP/s")
-    row("shadow per step, constant part", statistics.median(times["shadow"]), step_ms,
-        "includes the step; the step at k = 3 less its history sums")
+    linearised_ms = statistics.median(times["linearised"]) - step_ms
+    shadow_flop = linearised_shadow_flops(sizes, nb)
+    row("linearised shadow per step", linearised_ms, step_ms,
+        f"zero-degree term, P, linear terms, angles: {shadow_flop / 1e6:.1f} MFLOP ({shadow_flop / step_flop:.2f} x the step's)")
+    row("random-B' shadow: past factor per step", statistics.median(times["past factor"]) - step_ms - linearised_ms,
+        step_ms, "G'^T = L^T ((delta B') * f'), into the history; its history sum below")
+    for name, ms, floor in (("alignment terms", terms_ms, terms_bound), ("linearised shadow", linearised_ms, None)):
+        verdict = "within" if ms <= 1.2 * step_ms else "above"
+        why = "" if floor is None else f"; its matrix products alone take {floor / step_ms:.2f} x step"
+        print(f"  per-step aim, at most 1.2 x step: {name} {ms / step_ms:.2f} x step, {verdict}{why}")
     lag_k = Driver(problem, [AlignmentTermsObserver({**TERMS, "iterations": [200]})])
     for _ in range(200):
         lag_k.step()
@@ -238,12 +268,12 @@ def main() -> None:
 
     cost = per_past_step[SHADOW_STEPS]
     shadow_run = cost * SHADOW_STEPS * (SHADOW_STEPS - 1) / 2 / 1e3
-    row("shadow run: history sums (s)", shadow_run * 1e3, None,
-        f"{shadow_run:.0f} s beside {SHADOW_STEPS * step_ms / 1e3:.1f} s of training steps")
+    row("shadow run: history sums", shadow_run * 1e3, None,
+        f"its {SHADOW_STEPS} steps, beside {SHADOW_STEPS * step_ms / 1e3:.1f} s of training steps")
     measured = REMAINDER.measured(REMAINDER_STEPS)
     remainder_run = per_past_step[max(measured)] * sum(measured) / 1e3
-    row("remainder run: history sums (s)", remainder_run * 1e3, None,
-        f"{remainder_run:.0f} s at {len(measured)} measured k, beside {REMAINDER_STEPS * step_ms / 1e3:.1f} s of steps")
+    row("remainder run: history sums", remainder_run * 1e3, None,
+        f"at its {len(measured)} measured k, beside {REMAINDER_STEPS * step_ms / 1e3:.1f} s of training steps")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,16 +40,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from fa_analysis.alignment_terms import (
-    M_matrix,
-    P_matrix,
-    check_fa_without_wn,
-    linear_term,
-    observer_settings,
-    zero_degree_term,
-)
+from fa_analysis.alignment_terms import check_fa_without_wn, observer_settings
 from fa_analysis.history import TermHistory, bytes_per_step, check_fits
-from fa_analysis.measures import angle_deg_batched
+from fa_analysis.measures import angle_from_products
+from fa_analysis.network import get_activation
 from fa_analysis.normalization import unit_columns_
 
 SHADOW_COLUMNS = (
@@ -76,6 +70,16 @@ def draw_random_B(sizes: list[int], init_std: float, seed: int, ibn: bool, like:
     return B_prime
 
 
+#: The rows of each layer's block in ``ShadowObserver``, flattened matrices of ``W_l``'s shape. The
+#: order matters: the three shadows first (the two linear ones first of them), then ``W_l``, then
+#: ``B_l^T`` and ``B'_l^T`` side by side.
+SHADOW_ROWS = ("W_lin", "W_Bprime_lin", "W_Bprime", "W", "B_t", "Bprime_t", "W_lin_minus_W")
+_ROW = {name: i for i, name in enumerate(SHADOW_ROWS)}
+#: The (row, row) pair of each angle column of ``SHADOW_COLUMNS``, in order.
+ANGLE_PAIRS = tuple((_ROW[a], _ROW[c]) for a, c in (
+    ("W", "B_t"), ("W_lin", "B_t"), ("W_Bprime", "Bprime_t"), ("W_Bprime", "B_t"), ("W_Bprime_lin", "Bprime_t")))
+
+
 class ShadowObserver:
     """Linearised and random-B' shadow weights beside an FA run without WN (method §6).
 
@@ -86,6 +90,15 @@ class ShadowObserver:
 
     The random-B' shadow sums the nonlinear terms over the whole history at every step: the
     cost of step k grows with k and the run keeps ``history.bytes_per_step`` bytes per step.
+
+    Per step and layer, besides that sum and the random-B' past factor
+    (:meth:`random_B_past_factor`), the work is three products over the minibatch, as many as
+    the training step has per layer: ``L_{l-1}[k] W_{l-1}[0]`` and ``f(.)^T delta_{l+1}[k]`` (the
+    zero-degree term) and ``P_l[k]``; the rest is small. Each layer's matrices are the rows of one
+    block (``SHADOW_ROWS``): the block times its transpose gives every angle's Frobenius products,
+    recorded per step and turned into angles once, in ``finish``. The zero-degree term is added
+    to the three shadows in one pass and the linear terms of both linear shadows in one batched
+    product.
     """
 
     name = "shadow"
@@ -109,50 +122,88 @@ class ShadowObserver:
         check_fits(bytes_per_step(net.sizes, like.element_size()) * capacity, like.device,
                    f"the random-B' shadow's history of {capacity} steps",
                    "shorten the shadow runs (config shadow.epochs)")
-        self.activation = net.activation
+        self.activation = get_activation(net.activation)
         self.layers = range(1, net.d)
         sizes = net.sizes
         self.B_prime = draw_random_B(sizes, spec.init_std, int(spec.seed) + offset, bool(spec.ibn), like)
-        self.W_lin = {l: net.W[l].detach().clone() for l in self.layers}
-        self.W_Bprime = {l: net.W[l].detach().clone() for l in self.layers}
-        self.W_Bprime_lin = {l: net.W[l].detach().clone() for l in self.layers}
+        zeros = dict(dtype=like.dtype, device=like.device)
+        self.block, self.work = {}, {}
+        for l in self.layers:
+            n_prev, n_l, n_next = sizes[l - 1], sizes[l], sizes[l + 1]
+            block = torch.zeros((len(SHADOW_ROWS), n_l * n_next), **zeros)
+            block[0:3] = net.W[l].detach().reshape(-1)  # the shadows start at the real W_l[0]
+            block[4] = net.B[l].T.reshape(-1)
+            block[5] = self.B_prime[l].T.reshape(-1)
+            self.block[l] = block
+            self.work[l] = _work_memory(spec.batch_size, n_prev, n_l, n_next, like)
+        shape = lambda l: (sizes[l], sizes[l + 1])  # noqa: E731
+        self.W_lin = {l: self.block[l][0].view(shape(l)) for l in self.layers}
+        self.W_Bprime_lin = {l: self.block[l][1].view(shape(l)) for l in self.layers}
+        self.W_Bprime = {l: self.block[l][2].view(shape(l)) for l in self.layers}
         self.W_prev_init = {l: net.W[l - 1].detach().clone() for l in self.layers}
-        self.P_sum = {l: torch.zeros((sizes[l - 1], sizes[l + 1]), dtype=like.dtype, device=like.device) for l in self.layers}
+        self.P_sum = {l: torch.zeros((sizes[l - 1], sizes[l + 1]), **zeros) for l in self.layers}
         self.history = {l: TermHistory(sizes[l - 1], sizes[l], capacity, like) for l in self.layers}
         self.last = num_iterations - 1
-        self.keys: list[tuple[int, int]] = []
-        self.values: list[Tensor] = []
+        self.iterations: list[int] = []
+        rows = len(SHADOW_ROWS)
+        self.grams = torch.zeros((max(num_iterations, 1), len(self.layers), rows, rows), **zeros)
 
     def step(self, k: int, net: Any, state: Any) -> None:
         eta = float(state.eta)
-        for l in self.layers:
-            W, Bt, Bpt = net.W[l], net.B[l].T, self.B_prime[l].T
-            angles = angle_deg_batched(
-                torch.stack([W, self.W_lin[l], self.W_Bprime[l], self.W_Bprime[l], self.W_Bprime_lin[l]]),
-                torch.stack([Bt, Bt, Bpt, Bt, Bpt]),
-            )
-            rel_diff = ((self.W_lin[l] - W).norm() / W.norm()).to(torch.float64).reshape(1)
-            self.keys.append((k, l))
-            self.values.append(torch.cat([angles, rel_diff]))
+        i = len(self.iterations)
+        if i == len(self.grams):  # more steps than announced: room for as many again
+            self.grams = torch.cat([self.grams, torch.zeros_like(self.grams)])
+        self.iterations.append(k)
+        for j, l in enumerate(self.layers):
+            block, work = self.block[l], self.work[l]
+            L_prev, delta_next = state.L[l - 1], state.delta[l + 1]
+            if work["zeta"].shape[0] != L_prev.shape[0]:  # a minibatch of another size
+                n_l, n_next = self.W_lin[l].shape
+                work = self.work[l] = _work_memory(L_prev.shape[0], L_prev.shape[1], n_l, n_next, block)
+            # the angles' Frobenius products, of the state before step k
+            block[3].copy_(net.W[l].reshape(-1))
+            torch.sub(block[0], block[3], out=block[6])
+            torch.mm(block, block.T, out=self.grams[i, j])
 
-            L_prev, delta_next, b = state.L[l - 1], state.delta[l + 1], net.b[l - 1]
-            zero = zero_degree_term(L_prev, self.W_prev_init[l], b, delta_next, eta, self.activation)
-            P = P_matrix(L_prev, delta_next)
-            M_sum = M_matrix(self.P_sum[l], P)
-            self.W_lin[l].add_(zero + linear_term(net.B[l], M_sum, eta))
-            self.W_Bprime_lin[l].add_(zero + linear_term(self.B_prime[l], M_sum, eta))
-            history = self.history[l]
-            self.W_Bprime[l].add_(zero + history.terms_sum(L_prev, delta_next, b, eta, self.activation))
+            zeta = torch.addmm(net.b[l - 1], L_prev, self.W_prev_init[l], out=work["zeta"])
+            zero = torch.mm(self.activation.f(zeta, zeta).T, delta_next, out=work["zero"])  # zero-degree term / eta
+            P = torch.mm(L_prev.T, delta_next, out=work["P"])
+            M_sum = torch.mm(self.P_sum[l].T, P, out=work["M"])  # sum_o M^o_l[k] = (sum_{j<k} P_l[j])^T P_l[k]
+            block[0:3].add_(zero.reshape(1, -1), alpha=eta)
+            shape = (2, *self.W_lin[l].shape)
+            # W^lin += eta^2 B^T M, W^B'lin += eta^2 B'^T M: one batched product
+            block[0:2].view(shape).baddbmm_(block[4:6].view(shape), M_sum.expand(2, -1, -1), alpha=eta**2)
+            self.W_Bprime[l].add_(self.history[l].terms_sum(L_prev, delta_next, net.b[l - 1], eta, self.activation.name))
             self.P_sum[l].add_(P)
             if k < self.last:
-                # G'_l[k]^T: the update of W_{l-1} with B'_l as the feedback of layer l
-                delta_prime = (delta_next @ self.B_prime[l]).mul_(state.fprime[l])
-                history.push(net.W[l - 1], L_prev.T @ delta_prime)
+                self.random_B_past_factor(l, L_prev, delta_next, state.fprime[l], net.W[l - 1])
+
+    def random_B_past_factor(self, l: int, L_prev: Tensor, delta_next: Tensor, fprime: Tensor, W_prev: Tensor) -> None:
+        """Store ``W_{l-1}[k]`` and ``G'_l[k]^T = L_{l-1}[k]^T ((delta_{l+1}[k] B'_l) * f'(Z_l[k]))`` in layer l's history.
+
+        ``G'_l[k]^T`` is the update ``W_{l-1}`` would get with ``B'_l`` as layer l's feedback.
+        """
+        work = self.work[l]
+        # (delta_{l+1} B'_l)^T = B'_l^T delta_{l+1}^T: the engine keeps f' (and delta) layer-major, so
+        # f'(Z_l)^T is contiguous and the product with it one pass in memory order
+        delta_prime_t = torch.mm(self.B_prime[l].T, delta_next.T, out=work["delta_prime_t"]).mul_(fprime.T)
+        self.history[l].push(W_prev, torch.mm(L_prev.T, delta_prime_t.T, out=work["F_prime"]))
 
     def finish(self) -> dict[str, pd.DataFrame]:
-        frame = pd.DataFrame(self.keys, columns=["iteration", "layer"]).astype("int64")
-        columns = [*SHADOW_COLUMNS, "rel_diff_Wlin_W"]
-        array = torch.stack(self.values).cpu().numpy() if self.values else torch.empty((0, len(columns))).numpy()
-        for i, column in enumerate(columns):
-            frame[column] = array[:, i]
+        n, layers = len(self.iterations), list(self.layers)
+        frame = pd.DataFrame(
+            [(k, l) for k in self.iterations for l in layers], columns=["iteration", "layer"]
+        ).astype("int64")
+        gram = self.grams[:n].reshape(n * len(layers), len(SHADOW_ROWS), len(SHADOW_ROWS))
+        for column, (a, c) in zip(SHADOW_COLUMNS, ANGLE_PAIRS):
+            frame[column] = angle_from_products(gram[:, a, c], gram[:, a, a], gram[:, c, c]).cpu().numpy()
+        diff, W = _ROW["W_lin_minus_W"], _ROW["W"]
+        frame["rel_diff_Wlin_W"] = (gram[:, diff, diff].double() / gram[:, W, W].double()).sqrt().cpu().numpy()
         return {"shadow": frame}
+
+
+def _work_memory(n_b: int, n_prev: int, n_l: int, n_next: int, like: Tensor) -> dict[str, Tensor]:
+    """The products of one layer's step, made once and reused (``ShadowObserver.step``)."""
+    shapes = {"zeta": (n_b, n_l), "zero": (n_l, n_next), "P": (n_prev, n_next), "M": (n_next, n_next),
+              "delta_prime_t": (n_l, n_b), "F_prime": (n_prev, n_l)}
+    return {name: torch.empty(shape, dtype=like.dtype, device=like.device) for name, shape in shapes.items()}

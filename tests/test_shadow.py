@@ -45,6 +45,27 @@ def test_linearised_shadow_follows_the_real_run_for_small_eta_and_departs_for_la
     assert last_rows(large)["rel_diff_Wlin_W"].min() > 5 * last_rows(small)["rel_diff_Wlin_W"].max()
 
 
+def test_linearised_shadow_equals_a_plain_loop_over_every_past_step():
+    """W^lin_l[k] = W_l[0] + sum_{i<k} (zero-degree[i] + sum_o eta^2 B_l^T M^o_l[i]), each term from its
+    formula; the table's angles and relative difference are those of these matrices, before step k."""
+    k_max = 18
+    observer = ShadowObserver(OFFSET)
+    run = synthetic_fa_run([observer], eta=3e-3, iterations=k_max + 1, keep_history=True)
+    table = run.frames["shadow"].set_index(["iteration", "layer"])
+    for l in (1, 2):
+        B_t = run.net.B[l].T
+        W_lin = run.steps[0].W[l].clone()
+        for k in range(k_max + 1):
+            row, W = table.loc[(k, l)], run.steps[k].W[l]
+            assert row["angle_W_Bt"] == pytest.approx(angle_deg(W, B_t).item(), abs=1e-9)
+            assert row["angle_Wlin_Bt"] == pytest.approx(angle_deg(W_lin, B_t).item(), abs=1e-9)
+            assert row["rel_diff_Wlin_W"] == pytest.approx(((W_lin - W).norm() / W.norm()).item(), rel=1e-9, abs=1e-15)
+            _, zero, _, linear = brute_force_sums(run, k, l)
+            W_lin += zero + linear
+        assert torch.allclose(observer.W_lin[l], W_lin, rtol=1e-12, atol=1e-15)
+    assert table["rel_diff_Wlin_W"].max() > 1e-3  # the shadow departs from the run: a nontrivial check
+
+
 def test_random_B_shadow_equals_a_plain_loop_over_every_past_step():
     """W^B'_l[k] = W_l[0] + sum_{i<k} (zero-degree[i] + sum_o T'^o_l[i]), each T' from its formula with B'."""
     k_max = 18
