@@ -31,10 +31,14 @@ Choices made here (documented in the tables' docstrings too):
 - The remainder ``R_l`` is measured with the nonlinear terms summed over the whole history, in
   its own experiment (``remainder.py``); this observer needs only the lags below.
 - ``T^o`` is needed only at lags up to ``H = max(max_lag, max(lags_over_time))``: a ring buffer of
-  H past steps holds, per layer, the past factor ``G_l[j] = (f'(Z_l[j])^T * B_l^T delta_{l+1}[j]^T)
-  L_{l-1}[j]`` (``n_l x n_{l-1}``, which equals ``dW_{l-1}[j]^T``), ``W_{l-1}[j]``, ``P_l[j]`` and the
-  per-class sums of ``L_{l-1}[j]`` -- never a whole minibatch -- so memory does not grow with k
-  and no step stores more than a few weight-sized matrices.
+  H past steps (and the step's own slot) holds, per layer, the past factor ``G_l[j] =
+  (f'(Z_l[j])^T * B_l^T delta_{l+1}[j]^T) L_{l-1}[j]`` (``n_l x n_{l-1}``, which equals
+  ``dW_{l-1}[j]^T``), ``W_{l-1}[j]``, ``P_l[j]`` and the per-class sums of ``L_{l-1}[j]`` -- never
+  a whole minibatch -- so memory does not grow with k and no step stores more than a few
+  weight-sized matrices. The products over the minibatch are taken layer-major, like the
+  engine's buffers (one row per unit, one column per example), so that ``zeta^1`` comes from the
+  engine's ``Z_l[k]`` and ``f'`` in passes in memory order; each step records Frobenius products
+  and class-sum products, and ``finish`` turns them into angles and means.
 - The similarity ``S = L_{l-1}[k-o] L_{l-1}[k]^T`` (``n_b x n_b``) enters ``M^o = delta_{l+1}[k-o]^T
   S delta_{l+1}[k]``. Its within-class and between-class means are computed from per-class sums,
   ``sum_{i,j: y_i = y'_j} S_ij = sum_c <s_c[k-o], s_c[k]>``, without forming S. The control uses
@@ -51,7 +55,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from fa_analysis.history import fprime_input_scale, fprime_times_at
+from fa_analysis.history import fprime_times_at
 from fa_analysis.measures import angle_from_products
 from fa_analysis.network import get_activation
 from fa_analysis.settings import is_int, with_defaults
@@ -227,56 +231,37 @@ def observer_settings(spec: Any, name: str) -> Mapping[str, Any]:
 
 
 class _History:
-    """Ring buffer of the last ``capacity`` steps of one layer: only what the lagged terms need.
+    """Ring buffer of one layer's last steps: only what the lagged terms need.
 
-    ``past[:, slot]`` holds ``W_{l-1}[j]`` and ``F_l[j] = G_l[j]^T`` side by side, ``(n_{l-1}, 2,
-    n_l)``; the lags of a step are gathered from it into one matrix with a single copy, so that
-    every ``zeta^o`` and ``C^o`` of the step is one product with ``L_{l-1}[k]``.
+    ``slots = horizon + 1``: the step being computed writes its own entries straight into its
+    slot, which never holds a past step a lag of this step reads. Per slot ``j``:
+
+    - ``past[j] = [W_{l-1}[j]^T | G_l[j]]``, ``(2, n_l, n_{l-1})`` (``G_l[j] = dW_{l-1}[j]^T``): the
+      lags of a step are gathered from it with one copy, so that every ``zeta^o`` and ``C^o`` of
+      the step is one product with ``L_{l-1}[k]^T``, laid out like the engine's buffers
+      (layer-major: one row per unit, one column per example);
+    - ``P[j] = P_l[j]``, ``sums[j]`` the class sums of ``L_{l-1}[j]`` under the true and the
+      permuted labels ``(2, C, n_{l-1})`` and ``total[j]`` the sum of its rows.
     """
 
-    def __init__(self, capacity: int, n_prev: int, n_l: int, n_next: int, num_classes: int, like: Tensor):
+    def __init__(self, slots: int, n_prev: int, n_l: int, n_next: int, num_classes: int, like: Tensor):
         def buf(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
-        self.capacity = capacity
-        self.past = buf(n_prev, capacity, 2, n_l)  # [W_{l-1}[j] | F_l[j]], F = G_l[j]^T = dW_{l-1}[j]
-        self.P = buf(capacity, n_prev, n_next)  # P_l[j]
-        self.sums = buf(capacity, 2, num_classes, n_prev)  # class sums of L_{l-1}[j]: true, permuted labels
-        self.counts = buf(capacity, 2, num_classes)
-
-    @property
-    def W_prev(self) -> Tensor:
-        """``W_{l-1}[j]`` of every slot, ``(capacity, n_{l-1}, n_l)`` (a view)."""
-        return self.past[:, :, 0].transpose(0, 1)
-
-    @property
-    def F(self) -> Tensor:
-        """``F_l[j] = G_l[j]^T`` of every slot, ``(capacity, n_{l-1}, n_l)`` (a view)."""
-        return self.past[:, :, 1].transpose(0, 1)
+        self.slots = slots
+        self.past = buf(slots, 2, n_l, n_prev)
+        self.P = buf(slots, n_prev, n_next)
+        self.sums = buf(slots, 2, num_classes, n_prev)
+        self.total = buf(slots, n_prev)
 
     def slot(self, j: int) -> int:
-        return j % self.capacity
-
-    def push(self, j: int, F: Tensor, W_prev: Tensor, P: Tensor, sums: Tensor, counts: Tensor) -> None:
-        s = self.slot(j)
-        self.past[:, s, 0].copy_(W_prev)
-        self.past[:, s, 1].copy_(F)
-        self.P[s].copy_(P)
-        self.sums[s].copy_(sums)
-        self.counts[s].copy_(counts)
-
-    def gather(self, slots: list[int], need_zeta: list[int], out: Tensor) -> Tensor:
-        """``[F[slots[0]], ..., F[slots[-1]], W_prev[need_zeta[0]], ...]`` side by side, ``(n_{l-1}, (m + m') n_l)``, in ``out``."""
-        n_prev, capacity, _, n_l = self.past.shape
-        index = torch.tensor([2 * s + 1 for s in slots] + [2 * s for s in need_zeta], device=self.past.device)
-        picked = out[: n_prev * len(index) * n_l].view(n_prev, len(index), n_l)
-        torch.index_select(self.past.view(n_prev, 2 * capacity, n_l), 1, index, out=picked)
-        return picked.view(n_prev, len(index) * n_l)
+        return j % self.slots
 
 
 def lagged_nonlinear_terms(
     history: _History,
-    slots: list[int],
+    gather: Tensor,
+    m: int,
     lag_one: bool,
     L_prev_now: Tensor,
     Z_now: Tensor,
@@ -284,61 +269,46 @@ def lagged_nonlinear_terms(
     b: Tensor,
     eta: float,
     activation: str,
-    scratch: Tensor,
+    work: Tensor,
+    out: Tensor,
 ) -> Tensor:
-    """``T^o_l[k]^T`` ``(m, n_{l+1}, n_l)`` for the lags whose past steps sit in ``slots``: the
-    numbers of :func:`nonlinear_term_from_past_factor` lag by lag, to rounding.
+    """``T^o_l[k] / eta^2`` into ``out`` ``(m, n_l, n_{l+1})`` for m lags: the numbers of
+    :func:`nonlinear_term_from_past_factor` lag by lag, to rounding.
 
-    ``C^o = L_{l-1}[k] F_l[k-o]`` for every lag and ``zeta^o - b = L_{l-1}[k] W_{l-1}[k-o]`` are one
-    product of ``L_{l-1}[k]`` with the gathered past. When ``lag_one`` (``slots[0]`` is the step
-    just before k), ``zeta^1`` needs no product: ``W_{l-1}[k] = W_{l-1}[k-1] + eta dW_{l-1}[k-1]``
-    (FA without WN) and ``F_l[k-1] = dW_{l-1}[k-1]``, so ``zeta^1 = Z_l[k] - eta C^1`` with the
-    engine's pre-activation ``Z_l[k]``. ``f'(zeta) * C`` for every lag is then a few passes over
-    one buffer (``history.fprime_times_at``), and ``delta_{l+1}[k]^T (f'(zeta) * C)`` one product
-    for all lags.
-    ``scratch`` holds at least :func:`scratch_size` numbers.
+    ``gather`` indexes ``history.past`` viewed as ``(2 slots, n_l, n_{l-1})``: ``G_l[k-o]`` of the
+    m lags, then ``W_{l-1}[k-o]^T`` of the lags that need ``zeta^o`` from a product. ``C^o`` and
+    ``zeta^o - b`` of every lag are then one product with ``L_{l-1}[k]^T``, layer-major
+    ``(n_l, n_b)`` per lag. When ``lag_one`` (the first lag is 1), ``zeta^1`` needs no product:
+    ``W_{l-1}[k] = W_{l-1}[k-1] + eta dW_{l-1}[k-1]`` (FA without WN) and ``G_l[k-1] =
+    dW_{l-1}[k-1]^T``, so ``zeta^1 = Z_l[k] - eta C^1`` with the engine's pre-activation, which
+    the engine keeps layer-major too: every elementwise pass below runs in memory order.
+    ``f'(zeta) * C`` for every lag is a few passes over one buffer (``history.fprime_times_at``)
+    and ``(f'(zeta) * C)^T delta_{l+1}[k]`` one product for all lags. ``work`` holds at least
+    :func:`work_size` numbers.
     """
-    m, n_b = len(slots), L_prev_now.shape[0]
-    n_prev, n_l = history.past.shape[0], history.past.shape[-1]
+    n_b = L_prev_now.shape[0]
+    _, _, n_l, n_prev = history.past.shape
     first = 1 if lag_one else 0  # lags from here on need zeta from a product
-    cols = (2 * m - first) * n_l
-    past = history.gather(slots, slots[first:], scratch)
-    used = n_prev * cols
-    products = torch.mm(L_prev_now, past, out=scratch[used : used + n_b * cols].view(n_b, cols))
-    used += n_b * cols
-    C = products[:, : m * n_l].view(n_b, m, n_l)
-    zeta = products[:, m * n_l :].view(n_b, m - first, n_l)  # zeta^o - b, lags from `first` on
-    x = scratch[used : used + n_b * m * n_l].view(n_b, m, n_l)
-    weighted = scratch[used + n_b * m * n_l : used + 2 * n_b * m * n_l].view(n_b, m, n_l)
-    a = fprime_input_scale(activation)  # x = a (zeta + b): f' is computed from a scaled input
+    rows = gather.numel()  # 2 m - first
+    past = torch.index_select(history.past.view(-1, n_l, n_prev), 0, gather, out=work[: rows * n_l * n_prev].view(rows, n_l, n_prev))
+    used = rows * n_l * n_prev
+    products = torch.mm(past.view(rows * n_l, n_prev), L_prev_now.T, out=work[used : used + rows * n_l * n_b].view(rows * n_l, n_b))
+    used += rows * n_l * n_b
+    C = products[: m * n_l].view(m, n_l, n_b)
+    zeta = products[m * n_l :].view(m - first, n_l, n_b)  # zeta^o - b, lags from `first` on
+    x = work[used : used + m * n_l * n_b].view(m, n_l, n_b)
+    weighted = work[used + m * n_l * n_b : used + 2 * m * n_l * n_b].view(m, n_l, n_b)
     if lag_one:
-        torch.add(Z_now, C[:, 0], alpha=-eta, out=x[:, 0])
-        if a != 1:
-            x[:, 0].mul_(a)
+        torch.add(Z_now.T, C[0], alpha=-eta, out=x[0])
     if first < m:
-        torch.add(b if a == 1 else a * b, zeta, alpha=a, out=x[:, first:])
-    scale = fprime_times_at(x, C, weighted, activation) * eta**2
-    # T^T = eta^2 delta_{l+1}[k]^T (f'(zeta) * C): every lag in one product
-    T_t = (delta_next_now.T @ weighted.view(n_b, m * n_l)).mul_(scale)
-    return T_t.view(-1, m, n_l).transpose(0, 1)
+        torch.add(zeta, b.view(n_l, 1), out=x[first:])
+    fprime_times_at(x, C, weighted, activation)
+    return torch.mm(weighted.view(m * n_l, n_b), delta_next_now, out=out.view(m * n_l, -1)).view(m, n_l, -1)
 
 
-def angles_and_norms(T_t: Tensor, B: Tensor) -> Tensor:
-    """``[angle(T_t[i], B), ||T_t[i]||_F]`` for a stack of matrices ``T_t``, ``(m, 2)`` in float64.
-
-    ``measures.angle_deg_batched(T_t, B.expand_as(T_t))`` and the norms, from one product of the
-    flattened stack with the flattened ``B`` and one sum of squares (the norm's square is the
-    angle's ``||T||^2``).
-    """
-    flat, b = T_t.reshape(T_t.shape[0], -1), B.reshape(-1)
-    squares = (flat * flat).sum(1)
-    angles = angle_from_products(flat @ b, squares, b.dot(b).expand_as(squares))
-    return torch.stack([angles, squares.double().sqrt()], 1)
-
-
-def scratch_size(m: int, n_b: int, n_prev: int, n_l: int) -> int:
+def work_size(m: int, n_b: int, n_prev: int, n_l: int) -> int:
     """Numbers :func:`lagged_nonlinear_terms` needs for m lags of one layer (at most)."""
-    return n_prev * 2 * m * n_l + n_b * 2 * m * n_l + 2 * n_b * m * n_l
+    return 2 * m * n_l * n_prev + 2 * m * n_l * n_b + 2 * m * n_l * n_b
 
 
 class AlignmentTermsObserver:
@@ -358,6 +328,10 @@ class AlignmentTermsObserver:
       labels when ``true_labels`` is given, else the labels the run trains on, which are noisy in
       a label-noise run) and with permuted labels (``"permuted"``), at the lags and iterations of
       both analyses.
+
+    Each step records, per layer and lag, the Frobenius products the tables are made of
+    (``<T, B^T>``, ``||T||``; the class sums' inner products and counts); ``finish`` turns them
+    into angles and means at once, as the engine does with its metrics.
     """
 
     name = "alignment_terms"
@@ -377,19 +351,21 @@ class AlignmentTermsObserver:
         self.layers = range(1, net.d)
         self.lag_iterations = {k for k in s.iterations if k < num_iterations}
         horizon = max([s.max_lag if self.lag_iterations else 0, *s.lags_over_time, 1])
-        self.capacity = max(1, min(horizon, num_iterations))
+        self.capacity = max(1, min(horizon, num_iterations))  # the longest lag held
+        slots = self.capacity + 1  # and the step's own slot
         sizes = net.sizes
         W = net.W[0]
-        self.history = {
-            l: _History(self.capacity, sizes[l - 1], sizes[l], sizes[l + 1], s.num_classes, W) for l in self.layers
-        }
+        self.history = {l: _History(slots, sizes[l - 1], sizes[l], sizes[l + 1], s.num_classes, W) for l in self.layers}
+        self.counts = torch.zeros((slots, 2, s.num_classes), dtype=W.dtype, device=W.device)  # class counts, both label sets
+        self.B_t = {l: net.B[l].T.contiguous().reshape(-1) for l in self.layers}  # B is fixed in an FA run
         if self._true_labels is not None:
             self._true_labels = self._true_labels.to(net.W[0].device)
         self.permutation_generator = torch.Generator().manual_seed(int(spec.seed) + s.permutation_seed_offset)
-        self.rows: dict[str, list] = {"lag": [], "time": [], "similarity": []}
-        self.values: dict[str, list[Tensor]] = {"lag": [], "time": [], "similarity": []}
+        self.keys: dict[str, list] = {"terms": [], "similarity": []}
+        self.values: dict[str, list[Tensor]] = {"terms": [], "similarity": []}
         self._labels_checked = False
-        self._work: Tensor | None = None
+        self._members: Tensor | None = None
+        self._work: dict[int, tuple[Tensor, dict[int, Tensor]]] = {}
 
     def step(self, k: int, net: Any, state: Any) -> None:
         s = self.settings
@@ -404,73 +380,106 @@ class AlignmentTermsObserver:
         permutation = torch.randperm(labels.shape[0], generator=self.permutation_generator).to(labels.device)
         # class membership of the batch's rows under the true and the permuted labels, (2 C, n_b):
         # the class sums of every layer's input under both label sets are then one product each
-        members = torch.nn.functional.one_hot(torch.stack([labels, labels[permutation]]), s.num_classes)
-        members = members.transpose(1, 2).reshape(2 * s.num_classes, -1).to(state.L[0].dtype)
-        counts = members.sum(1).view(2, s.num_classes)
+        n_b = labels.shape[0]
+        if self._members is None or self._members.shape[1] != n_b:
+            self._members = torch.empty((2 * s.num_classes, n_b), dtype=state.L[0].dtype, device=labels.device)
+        members = self._members.zero_()
+        members.view(2, s.num_classes, n_b).scatter_(1, torch.stack([labels, labels[permutation]]).unsqueeze(1), 1.0)
+        now = k % (self.capacity + 1)
+        counts = torch.sum(members, 1, out=self.counts[now].view(-1)).view(2, s.num_classes)
         reach = min(k, self.capacity)  # lags whose past step is in the buffer
         over_time = k % s.every == 0
         time_lags = {o for o in s.lags_over_time if o <= reach} if over_time else set()
         lag_lags = set(range(1, min(s.max_lag, reach) + 1)) if k in self.lag_iterations else set()
         lags = sorted(time_lags | lag_lags)
         eta = float(state.eta)
+        if lags:
+            m, lag_one = len(lags), lags[0] == 1
+            slots = [(k - o) % (self.capacity + 1) for o in lags]
+            index = torch.tensor(slots, device=counts.device)
+            gather = torch.tensor([2 * j + 1 for j in slots] + [2 * j for j in slots[1 if lag_one else 0 :]], device=counts.device)
+            # the similarity's counts, the same for every layer: within-class pairs and all pairs, (m, 2)
+            counts_past = torch.index_select(self.counts, 0, index)
+            within_count = (counts_past * counts).sum(-1)
+            all_count = (counts_past.sum(-1) * counts.sum(-1)).expand_as(within_count)
+            in_time, in_lag = [o in time_lags for o in lags], [o in lag_lags for o in lags]
         for l in self.layers:
             h = self.history[l]
-            L_prev, delta_next, B, b = state.L[l - 1], state.delta[l + 1], net.B[l], net.b[l - 1]
-            # G_l[k] = past_factor(L_{l-1}, f'(Z_l), delta_{l+1}, B_l) is the engine's dW_{l-1}^T (FA rule).
-            F = state.dW[l - 1]
-            P = P_matrix(L_prev, delta_next)
-            sums = (members @ L_prev).view(2, s.num_classes, -1)  # (2, C, n_{l-1}): class_sums under both label sets
+            L_prev, delta_next = state.L[l - 1], state.delta[l + 1]
+            n_prev = L_prev.shape[1]
+            P = torch.mm(L_prev.T, delta_next, out=h.P[now])
+            sums = torch.mm(members, L_prev, out=h.sums[now].view(-1, n_prev)).view(2, s.num_classes, n_prev)
+            total = torch.sum(sums[0], 0, out=h.total[now])  # every row of L_{l-1}[k] is in one true class
 
             if lags:
-                # every lag of this step at once, from the buffered past
-                slots = [h.slot(k - o) for o in lags]
-                lag_one = lags[0] == 1
-                nonlinear = lagged_nonlinear_terms(h, slots, lag_one, L_prev, state.Z[l], delta_next, b, eta,
-                                                   self.activation, self._scratch(len(lags), L_prev.shape[0], h))
-                linear = eta**2 * (P.T @ h.P[slots] @ B)  # T_lin^T = eta^2 M^T B = eta^2 P[k]^T P[k-o] B
-                T_t = torch.stack([nonlinear, linear], 1).flatten(0, 1)  # (lag, kind) pairs, each T^T
-                values = angles_and_norms(T_t, B).view(len(lags), len(TERM_KINDS), 2)
-                for table, wanted in (("time", time_lags), ("lag", lag_lags)):
-                    chosen = [i for i, o in enumerate(lags) if o in wanted]
-                    if chosen:
-                        keys = [(k, l, lags[i], kind) for i in chosen for kind in TERM_KINDS]
-                        self._record(table, keys, values[chosen].flatten(0, 1))
-                similarity = class_similarity_means(h.sums[slots], h.counts[slots], sums, counts)  # (lag, labels, 2)
-                keys = [(k, l, o, name) for o in lags for name in ("true", "permuted")]
-                self._record("similarity", keys, similarity.flatten(0, 1).to(torch.float64))
+                work, T = self._buffers(m, L_prev.shape[0], h)
+                lagged_nonlinear_terms(h, gather, m, lag_one, L_prev, state.Z[l], delta_next, net.b[l - 1], eta,
+                                       self.activation, work, T[0])
+                # linear terms T_lin = eta^2 B^T P[k-o]^T P[k] = eta^2 (P[k-o] B)^T P[k], every lag at once
+                torch.matmul(torch.matmul(torch.index_select(h.P, 0, index), net.B[l]).mT, P, out=T[1])
+                T.mul_(eta**2)
+                flat = T.view(2 * m, -1)
+                self._record("terms", [(k, l, o, kind, t, g) for kind in TERM_KINDS for o, t, g in zip(lags, in_time, in_lag)],
+                             torch.stack([flat @ self.B_t[l], torch.linalg.vector_norm(flat, dim=1)], 1))
+                # the similarity: sum_c <s_c[k-o], s_c[k]> under both label sets, and <sum of rows, sum of rows>
+                within_sum = (torch.index_select(h.sums, 0, index) * sums).sum((-2, -1))
+                all_sum = (torch.index_select(h.total, 0, index) @ total).unsqueeze(1).expand_as(within_sum)
+                self._record("similarity", [(k, l, o, name) for o in lags for name in ("true", "permuted")],
+                             torch.stack([within_sum, within_count, all_sum, all_count], -1).view(2 * m, 4))
 
-            h.push(k, F, net.W[l - 1], P, sums, counts)
+            h.past[now, 0].copy_(net.W[l - 1].T)
+            h.past[now, 1].copy_(state.dW[l - 1].T)  # G_l[k]^T = dW_{l-1}[k], the engine's FA update (past_factor)
 
-    def _scratch(self, m: int, n_b: int, h: _History) -> Tensor:
-        """Work memory for the lagged terms of m lags, kept for the ordinary steps' lag count."""
-        need = scratch_size(m, n_b, h.past.shape[0], h.past.shape[-1])
-        if self._work is None or self._work.numel() < need:
-            work = torch.empty(need, dtype=h.past.dtype, device=h.past.device)
-            if m > len(self.settings.lags_over_time):
-                return work  # a lag-analysis k: used once, not kept
-            self._work = work
-        return self._work
+    def _buffers(self, m: int, n_b: int, h: _History) -> tuple[Tensor, Tensor]:
+        """Work memory for m lags of one layer and the terms' buffer ``(2 kinds, m, n_l, n_{l+1})``;
+        kept for the ordinary steps' lag count, made afresh at a lag-analysis k."""
+        _, _, n_l, n_prev = h.past.shape
+        n_next = h.P.shape[-1]
+        work_need = work_size(m, n_b, n_prev, n_l)
+        cached = self._work.get(m)
+        if cached is None or cached[0].numel() < work_need:
+            work = torch.empty(work_need, dtype=h.past.dtype, device=h.past.device)
+            cached = (work, {})
+            if m <= len(self.settings.lags_over_time):
+                self._work[m] = cached  # the ordinary steps' lag count: kept
+        work, terms = cached
+        shape = (2, m, n_l, n_next)
+        if shape not in terms:
+            terms[shape] = torch.empty(shape, dtype=h.past.dtype, device=h.past.device)
+        return work, terms[shape]
 
     def _record(self, table: str, keys: list[tuple], values: Tensor) -> None:
         """Rows of a table: one key tuple per row of ``values`` (kept on the device until ``finish``)."""
-        self.rows[table].extend(keys)
+        self.keys[table].extend(keys)
         self.values[table].append(values)
 
     def finish(self) -> dict[str, pd.DataFrame]:
-        return {
-            "terms_lag": _frame(self.rows["lag"], self.values["lag"], ["iteration", "layer", "lag", "kind"], ["angle", "norm"]),
-            "terms_time": _frame(self.rows["time"], self.values["time"], ["iteration", "layer", "lag", "kind"], ["angle", "norm"]),
-            "terms_similarity": _frame(
-                self.rows["similarity"], self.values["similarity"], ["iteration", "layer", "lag", "labels"], ["within", "between"]
-            ),
+        terms = _frame(self.keys["terms"], self.values["terms"],
+                       ["iteration", "layer", "lag", "kind", "in_time", "in_lag"], ["inner", "norm"])
+        B_sq = torch.zeros(max(self.layers, default=0) + 1, dtype=torch.float64)
+        for l in self.layers:
+            B_sq[l] = self.B_t[l].double().square().sum()
+        norm = torch.tensor(terms["norm"].to_numpy())
+        terms["angle"] = angle_from_products(torch.tensor(terms["inner"].to_numpy()), norm.square(),
+                                             B_sq[torch.tensor(terms["layer"].to_numpy())]).numpy()
+        columns = ["iteration", "layer", "lag", "kind", "angle", "norm"]
+        tables = {
+            "terms_lag": terms.loc[terms["in_lag"], columns].sort_values(["iteration", "layer", "lag"], kind="stable"),
+            "terms_time": terms.loc[terms["in_time"], columns].sort_values(["iteration", "layer", "lag"], kind="stable"),
         }
+        sim = _frame(self.keys["similarity"], self.values["similarity"], ["iteration", "layer", "lag", "labels"],
+                     ["within_sum", "within_count", "all_sum", "all_count"])
+        sim["within"] = sim["within_sum"] / sim["within_count"]
+        sim["between"] = (sim["all_sum"] - sim["within_sum"]) / (sim["all_count"] - sim["within_count"])
+        tables["terms_similarity"] = sim[["iteration", "layer", "lag", "labels", "within", "between"]]
+        return {name: table.reset_index(drop=True) for name, table in tables.items()}
 
 
 def _frame(keys: list[tuple], values: list[Tensor], key_columns: list[str], value_columns: list[str]) -> pd.DataFrame:
-    """A table from row keys and blocks of value rows, moved off the device in one go."""
+    """A table from row keys and blocks of value rows (float64), moved off the device in one go."""
     frame = pd.DataFrame(keys, columns=key_columns)
     if values:
-        array = torch.cat(values).detach().cpu().numpy()
+        array = torch.cat(values).detach().to(torch.float64).cpu().numpy()
     else:
         array = torch.empty((0, len(value_columns)), dtype=torch.float64).numpy()
     for i, column in enumerate(value_columns):

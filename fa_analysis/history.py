@@ -109,15 +109,13 @@ class TermHistory:
         n_b = L_prev_now.shape[0]
         products, work = self._buffers(n_b)
         weighted = torch.zeros((n_b, self.n_l), dtype=L_prev_now.dtype, device=L_prev_now.device)  # sum_j f'(zeta_j) C_j
-        scale = 1.0
         for block in range(-(-self.length // self.chunk)):
             m = min(self.chunk, self.length - block * self.chunk)  # steps stored in this block
             past = self.blocks[block, :, :, :m].reshape(self.n_prev, 2 * m * self.n_l)  # a view unless m < chunk
             both = torch.matmul(L_prev_now, past, out=products[: n_b * 2 * m * self.n_l].view(n_b, -1))
             both = both.view(n_b, 2, m, self.n_l)
-            product, scale = fprime_times(both[:, 0], both[:, 1], b, work[:, :, :m], activation)
-            weighted.add_(product.sum(1))
-        return (scale * eta**2) * (weighted.T @ delta_next_now)
+            weighted.add_(fprime_times(both[:, 0], both[:, 1], b, work[:, :, :m], activation).sum(1))
+        return eta**2 * (weighted.T @ delta_next_now)
 
     def _buffers(self, n_b: int) -> tuple[Tensor, Tensor]:
         """Memory for one block's products and ``f'`` passes, made once per batch size and reused."""
@@ -128,36 +126,20 @@ class TermHistory:
         return self._products, self._work
 
 
-def fprime_input_scale(activation: str) -> float:
-    """The factor :func:`fprime_times_at` wants on its input: 2 for ``tanh_relu`` (see there), else 1."""
-    return 2.0 if activation == "tanh_relu" else 1.0
+def fprime_times_at(x: Tensor, C: Tensor, out: Tensor, activation: str) -> Tensor:
+    """``f'(x) * C`` into ``out`` (tensors of one shape); ``x`` is overwritten with ``f(x)``.
 
-
-def fprime_times_at(u: Tensor, C: Tensor, out: Tensor, activation: str) -> float:
-    """``f'(x) * C / scale`` into ``out`` for ``u = fprime_input_scale(activation) * x``; returns ``scale``.
-
-    ``u`` is overwritten. ``tanh_relu`` has a fused form: ``sech^2(x) = 1 - tanh^2(x) = 4 s (1 - s)``
-    with ``s = sigmoid(2x)``, passes over memory that each cost about an addition (a vectorised
-    sigmoid costs a quarter of a tanh on CPUs without AVX-512); the step ``1[x > 0]`` is
-    ``sign(relu(x))``, exact as in the engine. The 2 comes with ``u`` (the caller folds it into
-    the pass that makes u) and the 4 goes out as ``scale`` (into the caller's last, small
-    product): six passes here and the one that makes u.
+    The engine's own ``f`` and ``f'`` (``network.ACTIVATIONS``), in place: ``f'`` is computed from
+    ``f(x)`` by the formula training uses (for ``tanh_relu``, ``sign(f) - f^2``: ``sign(f)`` is the
+    step ``1[x > 0]`` exactly, and ``f = tanh(relu(x))`` goes through NumPy's vectorised tanh on
+    the CPU). Five passes over memory for ``tanh_relu``.
     """
-    if activation == "tanh_relu":
-        u.clamp_(min=0)  # 2 relu(x)
-        torch.sign(u, out=out)  # 1[x > 0]
-        s = torch.sigmoid(u, out=u)
-        out.mul_(s.addcmul_(s, s, value=-1)).mul_(C)  # s (1 - s) 1[x > 0] C
-        return 4.0
     act = get_activation(activation)
-    act.fprime(u, act.f(u, None), out).mul_(C)
-    return 1.0
+    return act.fprime(x, act.f(x, x), out).mul_(C)
 
 
-def fprime_times(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor, activation: str) -> tuple[Tensor, float]:
-    """``f'(zeta + b) * C`` for ``zeta``, ``C`` of one shape ``(n_b, m, n_l)``, as ``(product, scale)``:
-    the value is ``scale * product``, ``product`` in ``work[1]`` (``work``: ``(2, n_b, m, n_l)``).
-    """
-    a = fprime_input_scale(activation)
-    torch.add(b if a == 1 else a * b, zeta, alpha=a, out=work[0])
-    return work[1], fprime_times_at(work[0], C, work[1], activation)
+def fprime_times(zeta: Tensor, C: Tensor, b: Tensor, work: Tensor, activation: str) -> Tensor:
+    """``f'(zeta + b) * C`` for ``zeta``, ``C`` of one shape ``(n_b, m, n_l)``, into ``work[1]``
+    (``work``: ``(2, n_b, m, n_l)``)."""
+    torch.add(zeta, b, out=work[0])
+    return fprime_times_at(work[0], C, work[1], activation)

@@ -232,5 +232,5 @@ def test_memory_holds_only_the_lags_needed():
     observer = at.AlignmentTermsObserver(SETTINGS)
     synthetic_fa_run([observer], iterations=200)
     assert observer.capacity == 12  # max(max_lag, lags_over_time), whatever the run length
-    assert all(h.F.shape[0] == 12 for h in observer.history.values())
+    assert all(h.past.shape[0] == 13 for h in observer.history.values())  # and the step's own slot
     assert not math.isnan(observer.history[1].P.sum().item())
