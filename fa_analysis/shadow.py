@@ -166,13 +166,14 @@ class ShadowObserver:
             torch.mm(block, block.T, out=self.grams[i, j])
 
             zeta = torch.addmm(net.b[l - 1], L_prev, self.W_prev_init[l], out=work["zeta"])
-            zero = torch.mm(self.activation.f(zeta, zeta).T, delta_next, out=work["zero"])  # zero-degree term / eta
+            zero = torch.mm(self.activation.f(zeta, zeta).T, delta_next, out=work["zero"])  # the zero-degree term / eta
             P = torch.mm(L_prev.T, delta_next, out=work["P"])
             M_sum = torch.mm(self.P_sum[l].T, P, out=work["M"])  # sum_o M^o_l[k] = (sum_{j<k} P_l[j])^T P_l[k]
-            block[0:3].add_(zero.reshape(1, -1), alpha=eta)
+            # eta scales the tensors, not an alpha: a diverging run's eta^2 may exceed the dtype's range
+            block[0:3].add_(zero.mul_(eta).reshape(1, -1))
             shape = (2, *self.W_lin[l].shape)
             # W^lin += eta^2 B^T M, W^B'lin += eta^2 B'^T M: one batched product
-            block[0:2].view(shape).baddbmm_(block[4:6].view(shape), M_sum.expand(2, -1, -1), alpha=eta**2)
+            block[0:2].view(shape).baddbmm_(block[4:6].view(shape), M_sum.mul_(eta**2).expand(2, -1, -1))
             self.W_Bprime[l].add_(self.history[l].terms_sum(L_prev, delta_next, net.b[l - 1], eta, self.activation.name))
             self.P_sum[l].add_(P)
             if k < self.last:
