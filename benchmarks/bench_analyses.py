@@ -10,9 +10,6 @@ experiment's step with them is printed for reference. Beside it:
   it the matrix products of the step and of the observer alone, their floor (FLOP counts in
   ``baselines.step_flops`` and ``terms_flops`` here);
 - ``terms at a lag-analysis k``: the same observer at an iteration of the lag analysis (all 64 lags);
-- ``shadow per step``: the shadow observer's constant part, the step included (linearised and
-  linear-B' shadows, their angles, the B' past factor): its step at k = 3 less the time of its
-  history sums;
 - ``linearised shadow per step``: the shadow observer's step without its random-B' parts (the
   history sum and the B' past factor made no-ops): the zero-degree term, ``P_l[k]``, the linear
   terms of both linear shadows and the angles' Gram matrices, less the step;
@@ -24,6 +21,9 @@ experiment's step with them is printed for reference. Beside it:
 - ``shadow run`` / ``remainder run``: those analyses summed over a whole run of the protocol
   (the random-B' shadow sums at every one of its 600 steps, the remainder at its measured k),
   from the per-past-step cost, beside the run's training steps.
+
+After the per-step rows it says, for the alignment terms and the linearised shadow, whether each
+stays within 1.2 times the step, with the alignment terms' product floor beside the verdict.
 
 Each timing is the median of ``--repeats`` blocks, the variants taking turns block by block.
 Run with one thread, as the training jobs do::
