@@ -454,14 +454,14 @@ class AlignmentTermsObserver:
         self.values[table].append(values)
 
     def finish(self) -> dict[str, pd.DataFrame]:
-        terms = _frame(self.keys["terms"], self.values["terms"],
-                       ["iteration", "layer", "lag", "kind", "in_time", "in_lag"], ["inner", "norm"])
+        products = _stacked(self.values["terms"], 2)  # <T, B^T>, ||T||
         B_sq = torch.zeros(max(self.layers, default=0) + 1, dtype=torch.float64)
         for l in self.layers:
-            B_sq[l] = self.B_t[l].double().square().sum()
-        norm = torch.tensor(terms["norm"].to_numpy())
-        terms["angle"] = angle_from_products(torch.tensor(terms["inner"].to_numpy()), norm.square(),
-                                             B_sq[torch.tensor(terms["layer"].to_numpy())]).numpy()
+            B_sq[l] = self.B_t[l].cpu().double().square().sum()
+        layer = torch.tensor([key[1] for key in self.keys["terms"]], dtype=torch.long)
+        angle = angle_from_products(products[:, 0], products[:, 1].square(), B_sq[layer])
+        terms = _frame(self.keys["terms"], [torch.stack([angle, products[:, 1]], 1)],
+                       ["iteration", "layer", "lag", "kind", "in_time", "in_lag"], ["angle", "norm"])
         columns = ["iteration", "layer", "lag", "kind", "angle", "norm"]
         tables = {
             "terms_lag": terms.loc[terms["in_lag"], columns].sort_values(["iteration", "layer", "lag"], kind="stable"),
@@ -475,13 +475,17 @@ class AlignmentTermsObserver:
         return {name: table.reset_index(drop=True) for name, table in tables.items()}
 
 
+def _stacked(values: list[Tensor], width: int) -> Tensor:
+    """Blocks of value rows as one float64 CPU tensor ``(rows, width)``, moved off the device in one go."""
+    if not values:
+        return torch.empty((0, width), dtype=torch.float64)
+    return torch.cat(values).detach().to(torch.float64).cpu()
+
+
 def _frame(keys: list[tuple], values: list[Tensor], key_columns: list[str], value_columns: list[str]) -> pd.DataFrame:
-    """A table from row keys and blocks of value rows (float64), moved off the device in one go."""
+    """A table from row keys and blocks of value rows (float64)."""
     frame = pd.DataFrame(keys, columns=key_columns)
-    if values:
-        array = torch.cat(values).detach().to(torch.float64).cpu().numpy()
-    else:
-        array = torch.empty((0, len(value_columns)), dtype=torch.float64).numpy()
+    array = _stacked(values, len(value_columns)).numpy()
     for i, column in enumerate(value_columns):
         frame[column] = array[:, i]
     for column in key_columns:
