@@ -1,28 +1,21 @@
-"""Shared fixtures: the real MNIST root and a small prepared MNIST subset."""
+"""Shared fixtures: the real MNIST root and a small prepared MNIST subset; the run's MNIST summary."""
 
-import os
 from pathlib import Path
 
+import mnist_location
 import pytest
-
-MNIST_RAW_NAMES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    """The real MNIST root in torchvision's layout: env FA_MNIST_ROOT, else <repo>/../shared/data.
+    """The real MNIST root in torchvision's layout: FA_MNIST_ROOT, else <repo>/data, else <repo>/../shared/data.
 
-    Skips the test when the raw files are not there (nothing downloads during tests).
+    Skips the test when none holds the raw files (the order is ``mnist_location``'s; nothing
+    downloads during tests).
     """
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    root = Path(os.environ.get("FA_MNIST_ROOT", default))
-    if not all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_RAW_NAMES):
-        pytest.skip(f"real MNIST not found under {root}/MNIST/raw (set FA_MNIST_ROOT)")
+    root = mnist_location.find_mnist_root()
+    if root is None:
+        pytest.skip(mnist_location.missing_reason())
     return root
 
 
@@ -50,3 +43,20 @@ def mnist_subset(mnist_root, tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     """Run the cluster tests last: they install and stand up SLURM, which nothing else needs."""
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """End a run that skipped real-data tests with one line: how many, and how to enable them.
+
+    Outermost wrapper (``tryfirst``), so the line comes after pytest's own summary, the ``-ra``
+    list of skips included, just above the closing counts.
+    """
+    result = yield
+    skipped = [
+        report for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and mnist_location.SKIP_REASON in report.longrepr[2]
+    ]
+    if skipped:
+        terminalreporter.write_line(mnist_location.skip_summary(len(skipped)), yellow=True, bold=True)
+    return result
