@@ -3,8 +3,9 @@
 One module per concept: ``data`` (MNIST, codes, label shuffling), ``network`` (forward pass and
 the learning rules), ``normalization`` (WN, IBN), ``measures`` (angles), ``train`` (the training
 loop and its per-iteration metrics), ``artifacts`` (atomic, self-describing outputs),
-``alignment_terms`` and ``shadow`` (method §6), ``open_loop`` (section 7), ``aggregate``,
-``embedding`` and ``figures`` (sections 8 and 9).
+``alignment_terms`` and ``shadow`` (method §6), ``open_loop`` (section 7), ``outcome`` (whether
+a run completed, diverged or collapsed), ``aggregate``, ``embedding`` and ``figures`` (sections 8
+and 9).
 
 From Python (``api``, imported on first use so that ``import fa_analysis`` stays light):
 ``train_one`` trains one run in memory, ``load_run`` reads a run directory, ``load_results``

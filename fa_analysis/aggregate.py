@@ -10,9 +10,12 @@ of the per-run table, e.g. ``angle_W_Bt_2``), with
 - ``n``: how many members contributed.
 
 A diverged run is never silently dropped: its rows count until it diverged (its non-finite values
-are left out, so ``n`` falls), and ``runs.csv`` lists every run with its status, the divergence
-iteration and reason, its final test accuracy (empty for a diverged run, which never finished),
-its last finite evaluation and its final angles ``∠(W_l, B_lᵀ)``.
+are left out, so ``n`` falls), and ``runs.csv`` lists every run with its status (``completed``,
+``diverged``, or ``collapsed``: finished, but far below its own best, ``outcome.run_status``), the
+divergence iteration and reason, its final test accuracy (empty for a diverged run, which never
+finished), its last finite evaluation, its best evaluation and its final angles ``∠(W_l, B_lᵀ)``.
+The tables over seeds keep every run (a collapse is part of the curve); the summary's means leave
+out the diverged and the collapsed runs and count both.
 
 Entry points (the workflow calls these; every path argument may be a ``str`` or a ``Path``):
 
@@ -33,7 +36,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from fa_analysis import artifacts, measures
+from fa_analysis import artifacts, measures, outcome
 from fa_analysis.run_dir import Run, read_run
 
 PathLike = str | Path
@@ -82,14 +85,17 @@ def final_angles(run: Run) -> tuple[dict[str, float], str]:
     return angles, f"metrics@{int(last['iteration'])}"
 
 
-def run_record(run: Run) -> dict:
+def run_record(run: Run, collapse_margin: float | None = None) -> dict:
     """One row of ``runs.csv``: identity, status, divergence, test accuracy and angles.
 
-    ``final_epoch``, ``final_test_accuracy`` and ``final_test_loss`` are those of the evaluation
-    after the last epoch, empty for a diverged run (it has none). ``last_finite_epoch``,
-    ``last_finite_test_accuracy`` and ``last_finite_test_loss`` are those of the last evaluation
-    with finite values: the final one of a completed run, the last before a diverged run blew up.
-    ``angles_from`` says where the final angles come from (see :func:`final_angles`).
+    ``status`` is ``outcome.run_status`` with ``collapse_margin`` (None: the schema's
+    ``analysis.collapse_margin``). ``final_epoch``, ``final_test_accuracy`` and ``final_test_loss``
+    are those of the evaluation after the last epoch, empty for a diverged run (it has none).
+    ``last_finite_epoch``, ``last_finite_test_accuracy`` and ``last_finite_test_loss`` are those of
+    the last evaluation with finite values: the final one of a completed run, the last before a
+    diverged run blew up. ``best_epoch`` and ``best_test_accuracy`` are those of the run's best
+    evaluation, and ``accuracy_drop`` the largest fall from a phase's best to its end (empty for a
+    diverged run). ``angles_from`` says where the final angles come from (see :func:`final_angles`).
     """
     spec = run.spec
     divergence = run.info.get("divergence") or {}
@@ -98,6 +104,8 @@ def run_record(run: Run) -> dict:
     last_finite = finite_eval.iloc[-1] if len(finite_eval) else None
     final = last_finite if run.status == "completed" else None
     angles, angles_from = final_angles(run)
+    margin = outcome.default_margin() if collapse_margin is None else collapse_margin
+    best_accuracy, best_epoch = outcome.best_evaluation(evaluation)
 
     def evaluated(row, column):
         return math.nan if row is None else (int(row[column]) if column == "epoch" else float(row[column]))
@@ -106,13 +114,16 @@ def run_record(run: Run) -> dict:
         "experiment": spec.get("experiment"),
         "condition": spec.get("condition"),
         "seed": run.seed,
-        "status": run.status,
+        "status": outcome.run_status(run.status, evaluation, margin),
         "divergence_iteration": divergence.get("iteration"),
         "divergence_reason": divergence.get("reason"),
         "iterations_recorded": int(len(run.metrics)),
         **{f"final_{column}": evaluated(final, column) for column in ("epoch", "test_accuracy", "test_loss")},
         **{f"last_finite_{column}": evaluated(last_finite, column)
            for column in ("epoch", "test_accuracy", "test_loss")},
+        "best_epoch": math.nan if best_epoch is None else best_epoch,
+        "best_test_accuracy": best_accuracy,
+        "accuracy_drop": outcome.accuracy_drop(evaluation) if run.status == "completed" else math.nan,
         **angles,
         "angles_from": angles_from,
         "run_dir": str(run.path),
@@ -186,18 +197,22 @@ def split_members(table: pd.DataFrame, member: str) -> list[pd.DataFrame]:
 
 
 #: Run-spec fields recorded in ``aggregate.json`` when every run of the condition shares them.
-SETTING_KEYS = ("rule", "eta", "wn", "gamma", "ibn", "bias", "label_noise", "epochs", "batch_size")
+SETTING_KEYS = ("rule", "eta", "wn", "gamma", "ibn", "label_smoothing", "sizes", "bias", "label_noise", "epochs",
+                "batch_size")
 
 
-def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict[str, Path]:
+def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike,
+                        collapse_margin: float | None = None) -> dict[str, Path]:
     """Aggregate the runs of one ``{experiment}/{condition}`` over seeds into ``out_dir``.
 
     Writes ``metrics.parquet`` (keys iteration, epoch), ``evaluation.parquet`` (keys epoch,
     iteration, phase), one aggregated table per observer table the runs share (``terms_lag``,
     ``shadow``, ...; keys inferred from the column types) and ``runs.csv`` (every run, one row,
-    diverged ones included), plus ``aggregate.json`` (the runs used, code version).
-    Returns ``{name: path}`` of the files written.
+    diverged and collapsed ones included; ``collapse_margin`` is config
+    ``analysis.collapse_margin``, None for the schema's), plus ``aggregate.json`` (the runs used,
+    code version). Returns ``{name: path}`` of the files written.
     """
+    margin = outcome.check_margin(outcome.default_margin() if collapse_margin is None else collapse_margin)
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise ValueError("aggregate_condition: run_dirs is empty (the condition has no seeds in the config)")
@@ -223,8 +238,8 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
         tables = [t for t in (r.table(name) for r in runs) if t is not None]
         write(name, mean_sd(tables))
 
-    records = pd.DataFrame([run_record(r) for r in runs]).sort_values("seed", kind="stable")
-    for column in ("divergence_iteration", "final_epoch", "last_finite_epoch"):  # integers with gaps
+    records = pd.DataFrame([run_record(r, margin) for r in runs]).sort_values("seed", kind="stable")
+    for column in ("divergence_iteration", "final_epoch", "last_finite_epoch", "best_epoch"):  # integers with gaps
         records[column] = records[column].astype("Int64")
     runs_csv = out_dir / "runs.csv"
     artifacts.atomic_write_bytes(runs_csv, records.to_csv(index=False).encode())
@@ -235,7 +250,9 @@ def aggregate_condition(run_dirs: Iterable[PathLike], out_dir: PathLike) -> dict
         "condition": runs[0].spec.get("condition"),
         "runs": [str(r.path) for r in runs],
         "seeds": [r.seed for r in runs],
-        "n_diverged": int(sum(r.status == "diverged" for r in runs)),
+        "n_diverged": int((records["status"] == "diverged").sum()),
+        "n_collapsed": int((records["status"] == "collapsed").sum()),
+        "collapse_margin": margin,
         "observer_tables": observer_tables,
         # the learning settings every run shares (figures label conditions outside the protocol with them)
         "settings": {key: runs[0].spec[key] for key in SETTING_KEYS
@@ -268,8 +285,10 @@ def summary_table(aggregated_dirs: Iterable[PathLike], out_csv: PathLike, out_md
     """Final test accuracy and final ``∠(W_l, B_lᵀ)`` per condition, mean ± sd (method §9.9).
 
     One row per ``experiment/condition`` (one aggregated directory each). Means and sds are over
-    the *completed* runs (``n_completed``); ``n_seeds`` counts every run and ``n_diverged`` the
-    diverged ones, whose own values stay visible in that condition's ``runs.csv``.
+    the *completed* runs (``n_completed``); ``n_seeds`` counts every run, ``n_diverged`` the
+    diverged and ``n_collapsed`` the collapsed ones (method §5.6), whose own values stay visible in
+    that condition's ``runs.csv``. Conditions of different depths have different ``angle_W_Bt_{l}``
+    columns: each layer's columns are there for every condition, empty where it has no such layer.
     Writes a numeric CSV and a Markdown table (accuracy in %, angles in degrees).
     """
     rows = []
@@ -282,6 +301,7 @@ def summary_table(aggregated_dirs: Iterable[PathLike], out_csv: PathLike, out_md
             "n_seeds": int(len(runs)),
             "n_completed": int(len(completed)),
             "n_diverged": int((runs["status"] == "diverged").sum()),
+            "n_collapsed": int((runs["status"] == "collapsed").sum()),
         }
         value_columns = ["final_test_accuracy"] + [c for c in runs.columns if c.startswith("angle_W_Bt_")]
         for column in value_columns:
@@ -293,9 +313,18 @@ def summary_table(aggregated_dirs: Iterable[PathLike], out_csv: PathLike, out_md
     if not rows:
         raise ValueError("summary_table: no aggregated directories given")
     table = pd.DataFrame(rows)
+    table = table[sorted(table.columns, key=lambda column: _column_order(column, list(table.columns)))]
     artifacts.atomic_write_bytes(Path(out_csv), table.to_csv(index=False).encode())
     artifacts.atomic_write_bytes(Path(out_md), summary_markdown(table).encode())
     return table
+
+
+def _column_order(column: str, columns: list[str]) -> tuple:
+    """Summary columns in order: identity and counts, accuracy, then the layers' angles by ``l``, ``all`` last."""
+    if not column.startswith("angle_W_Bt_"):
+        return (0, columns.index(column))
+    layer, _, statistic = column.removeprefix("angle_W_Bt_").rpartition("_")
+    return (1, math.inf if layer == "all" else int(layer), statistic)
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
@@ -312,14 +341,16 @@ def summary_markdown(table: pd.DataFrame) -> str:
             return "–"
         return f"{mean:.{digits}f} ± {sd:.{digits}f}" if np.isfinite(sd) else f"{mean:.{digits}f}"
 
-    header = ["experiment", "condition", "seeds", "diverged", "test accuracy (%)"]
+    header = ["experiment", "condition", "seeds", "diverged", "collapsed", "test accuracy (%)"]
     header += [layer_label(c) for c in angle_columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     for _, row in table.iterrows():
         cells = [str(row["experiment"]), str(row["condition"]), str(row["n_seeds"]), str(row["n_diverged"]),
-                 cell(row, "final_test_accuracy", 100.0, 1)]
+                 str(row["n_collapsed"]), cell(row, "final_test_accuracy", 100.0, 1)]
         cells += [cell(row, c, 1.0, 1) for c in angle_columns]
         lines.append("| " + " | ".join(cells) + " |")
-    note = ("\nMean ± sd over the completed runs of each condition (sample sd); `diverged` runs are "
-            "excluded from the means and listed in that condition's runs.csv.\n")
+    note = ("\nMean ± sd over the completed runs of each condition (sample sd); `diverged` runs and "
+            "`collapsed` runs (finished, but ending far below their own best accuracy) are excluded from "
+            "the means and listed in that condition's runs.csv; – marks no value (no completed run, or a "
+            "layer the condition does not have).\n")
     return "\n".join(lines) + "\n" + note

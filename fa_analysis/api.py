@@ -147,7 +147,8 @@ def train_one(
     """
     import torch
 
-    from fa_analysis import cli, data, train
+    from fa_analysis import data, train
+    from fa_analysis.jobs import observers_of
     from fa_analysis.spec import RunSpec
 
     cfg = _config(config)
@@ -167,7 +168,7 @@ def train_one(
         labels = data.apply_label_noise(dataset.y_train, spec["label_noise"], cfg["data"]["label_noise_seed"])
     threads = cfg["training"]["threads"] if threads is None else threads
     run_spec = RunSpec.from_dict({**spec, "threads": threads})
-    observers = cli.observers_of(spec, true_labels=dataset.y_train)
+    observers = observers_of(spec, true_labels=dataset.y_train)
 
     previous_threads = torch.get_num_threads()
     try:

@@ -39,18 +39,24 @@ def _hash_files(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _module_path(module: str | ModuleType) -> Path:
+def _module_paths(module: str | ModuleType) -> list[Path]:
+    """The source files of a package module: ``figures.style`` -> ``figures/style.py``; a
+    subpackage (``figures``) -> every ``.py`` file in it."""
     if isinstance(module, ModuleType):
-        return Path(module.__file__).resolve()
-    name = module.removeprefix("fa_analysis.")
-    path = PACKAGE_DIR / f"{name.replace('.', '/')}.py"
-    if not path.is_file():
-        raise ValueError(f"source_hash: no module {module!r} in {PACKAGE_DIR} (expected {path})")
-    return path
+        path = Path(module.__file__).resolve()
+        return sorted(path.parent.rglob("*.py")) if hasattr(module, "__path__") else [path]
+    base = PACKAGE_DIR.joinpath(*module.removeprefix("fa_analysis.").split("."))
+    path = base.with_name(f"{base.name}.py")
+    if path.is_file():
+        return [path]
+    if (base / "__init__.py").is_file():
+        return sorted(base.rglob("*.py"))
+    raise ValueError(f"source_hash: no module {module!r} in {PACKAGE_DIR} (expected {path} or a package {base})")
 
 
 def source_hash(modules: Iterable[str | ModuleType] | None = None) -> str:
-    """SHA-256 (hex) of the sources of the named package modules (e.g. ``["network", "train"]``).
+    """SHA-256 (hex) of the sources of the named package modules (e.g. ``["network", "train"]``,
+    ``["figures.style"]``; a subpackage's name, ``figures``, covers every module in it).
 
     ``None`` hashes every ``.py`` file of the package. The names enter the hash, so moving code
     between modules changes it.
@@ -58,7 +64,7 @@ def source_hash(modules: Iterable[str | ModuleType] | None = None) -> str:
     if modules is None:
         paths = sorted(PACKAGE_DIR.rglob("*.py"))
     else:
-        paths = sorted({_module_path(m) for m in modules})
+        paths = sorted({path for module in modules for path in _module_paths(module)})
     return _hash_files(paths)
 
 

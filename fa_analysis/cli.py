@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-log = logging.getLogger("fa_analysis")
+from fa_analysis.jobs import log, observers_of
 
 
 @contextlib.contextmanager
@@ -83,27 +83,6 @@ def label_noise_job(prepared_path: str, level: int, seed: int, out_path: str) ->
 # Training
 
 
-def observers_of(spec: Mapping, true_labels=None) -> list:
-    """The observers a run spec asks for (``spec["observers"]``), each reading its own settings.
-
-    ``true_labels`` (the clean training labels) lets the alignment-term similarity group a
-    label-noise run's minibatches by their true classes as well as by the trained labels.
-    """
-    from fa_analysis.alignment_terms import AlignmentTermsObserver
-    from fa_analysis.remainder import RemainderObserver
-    from fa_analysis.shadow import ShadowObserver
-
-    known = {
-        "alignment_terms": lambda: AlignmentTermsObserver(true_labels=true_labels),
-        "shadow": ShadowObserver,
-        "remainder": RemainderObserver,
-    }
-    unknown = set(spec["observers"]) - set(known)
-    if unknown:
-        raise ValueError(f"run spec names unknown observers {sorted(unknown)}; known: {sorted(known)}")
-    return [known[name]() for name in spec["observers"]]
-
-
 def train_job(spec: Mapping, threads: int, dataset_path: str, labels_path: str | None, out_dir: str) -> None:
     """One training run (method §5): its artifact directory appears only once the run has finished."""
     import torch
@@ -143,27 +122,32 @@ def beta_sweep_job(settings: Mapping, wn: bool, out_path: str) -> None:
 # Analysis
 
 
-def aggregate_job(run_dirs: Sequence[str], out_dir: str) -> None:
-    """Mean and sd over the seeds of one experiment/condition, written as one directory at once."""
+def aggregate_job(run_dirs: Sequence[str], out_dir: str, settings: Mapping) -> None:
+    """Mean and sd over the seeds of one experiment/condition, written as one directory at once;
+    ``settings`` is config ``analysis`` (``collapse_margin``)."""
     from fa_analysis import aggregate, artifacts
 
     with artifacts.staged_dir(out_dir) as staging:
-        aggregate.aggregate_condition(run_dirs, staging)
+        aggregate.aggregate_condition(run_dirs, staging, settings["collapse_margin"])
     log.info("aggregated %d runs into %s", len(run_dirs), out_dir)
 
 
-def pca_job(run_dirs: Sequence[str], dataset_path: str, settings: Mapping, out_npz: str, out_json: str) -> None:
-    """Joint PCA of the weight trajectories with the loss landscape (method §8)."""
+def pca_job(run_dirs: Sequence[str], dataset_path: str, settings: Mapping, out_npz: str, out_json: str,
+            analysis: Mapping) -> None:
+    """Joint PCA of the weight trajectories with the loss landscape (method §8); ``analysis`` is
+    config ``analysis`` (the runs' outcomes)."""
     from fa_analysis import embedding
 
-    embedding.pca_landscape(embedding.trajectory_runs(run_dirs), dataset_path, out_npz, out_json, settings)
+    embedding.pca_landscape(embedding.trajectory_runs(run_dirs), dataset_path, out_npz, out_json, settings,
+                            analysis["collapse_margin"])
 
 
-def umap_job(run_dirs: Sequence[str], settings: Mapping, out_parquet: str, out_json: str) -> None:
-    """UMAP of the weight trajectories (method §8)."""
+def umap_job(run_dirs: Sequence[str], settings: Mapping, out_parquet: str, out_json: str, analysis: Mapping) -> None:
+    """UMAP of the weight trajectories (method §8); ``analysis`` as for ``pca_job``."""
     from fa_analysis import embedding
 
-    embedding.umap_embedding(embedding.trajectory_runs(run_dirs), out_parquet, out_json, settings)
+    embedding.umap_embedding(embedding.trajectory_runs(run_dirs), out_parquet, out_json, settings,
+                             analysis["collapse_margin"])
 
 
 def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> None:

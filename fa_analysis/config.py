@@ -189,7 +189,9 @@ def check_config(config: dict) -> None:
     - WN's ``gamma`` is set exactly where ``wn`` is true (method §3);
     - every condition an experiment names is defined under ``conditions``; alignment terms and
       shadows are measured on FA runs without WN (method §6);
-    - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width;
+    - the trajectory conditions share one network shape and one label smoothing (method §8.3);
+    - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width
+      (a condition's ``hidden`` widths go between those two);
     - the batch fits the training set, and the alignment-term iterations fit the run and its lags.
     """
     problems = []
@@ -215,6 +217,7 @@ def check_config(config: dict) -> None:
                 f"config key '{section}.condition' is '{name}', not an fa condition without WN: the "
                 "expansion of method §6 holds for feedback alignment with unnormalised weights"
             )
+    problems += _check_trajectory(config)
 
     sizes = config["network"]["sizes"]
     n_in = config["data"]["image_size"] ** 2
@@ -254,6 +257,27 @@ def check_config(config: dict) -> None:
         )
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _check_trajectory(config: dict) -> list[str]:
+    """The trajectory runs share one weight space and one loss (method §8.3): the joint PCA embeds
+    every run's weights together, and the landscape beneath them is one surface."""
+    conditions = config["conditions"]
+    names = [name for name in config["experiments"]["trajectory"]["conditions"] if name in conditions]
+    shapes = {name: condition_sizes(config["network"]["sizes"], conditions[name]) for name in names}
+    smoothing = {name: conditions[name].get("label_smoothing", 0.0) for name in names}
+    problems = []
+    if len({tuple(sizes) for sizes in shapes.values()}) > 1:
+        problems.append(
+            f"config key 'experiments.trajectory.conditions' mixes network shapes {shapes}: the joint PCA "
+            "embeds every trajectory in one weight space; give these conditions the same 'hidden' widths"
+        )
+    if len(set(smoothing.values())) > 1:
+        problems.append(
+            f"config key 'experiments.trajectory.conditions' mixes label_smoothing {smoothing}: the loss "
+            "landscape beneath the trajectories is one surface; give these conditions the same label_smoothing"
+        )
+    return problems
 
 
 def _condition_references(config: dict) -> Iterator[tuple[str, list[str]]]:
@@ -376,6 +400,13 @@ def _iter_specs(config: dict) -> Iterator[dict]:
                     compare_rules=remainder["compare_rules"], observers=observer)
 
 
+def condition_sizes(sizes: list[int], condition: dict) -> list[int]:
+    """A condition's layer widths: ``network.sizes`` with the condition's ``hidden`` widths, if it
+    sets them, between the input and output widths (method §1.1)."""
+    hidden = condition.get("hidden", sizes[1:-1])
+    return [int(sizes[0]), *(int(n) for n in hidden), int(sizes[-1])]
+
+
 def _overrides(overrides: dict, condition: dict) -> dict:
     """An experiment's ``overrides`` of a condition's keys; ``gamma`` applies only where ``wn`` is on."""
     changes = {key: overrides[key] for key in ("bias", "eta", "ibn") if key in overrides}
@@ -393,9 +424,9 @@ def _spec(config: dict, experiment: str, run_name: str, condition_name: str, see
         "experiment": experiment,
         "condition": run_name,
         "seed": int(seed),
-        "sizes": [int(n) for n in network["sizes"]],
+        "sizes": condition_sizes(network["sizes"], condition),
         **{key: network[key] for key in ("activation", "init_std", "bias", "targets")},
-        **{key: condition[key] for key in ("rule", "eta", "wn", "ibn")},
+        **{key: condition[key] for key in ("rule", "eta", "wn", "ibn", "label_smoothing")},
         "gamma": condition.get("gamma") if condition["wn"] else None,
         **{key: training[key] for key in ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics",
                                           "compare_rules", "device", "dtype")},
@@ -447,7 +478,11 @@ def package_modules(*entry_modules: str) -> list[str]:
     """``entry_modules`` and every ``fa_analysis`` module they import, transitively.
 
     Read from the sources (nothing is imported), including imports inside functions. Names are
-    module names without the package prefix, e.g. ``["artifacts", "data", "network", "train"]``.
+    module names without the package prefix, dotted inside a subpackage, e.g. ``["artifacts",
+    "data", "network", "train"]`` or ``["figures", "figures.style", ...]``. A subpackage's name
+    (``figures``, its ``__init__``) stands for every module in it, and a module of a subpackage
+    brings its package along (Python runs the package's ``__init__`` first), so one edit anywhere
+    in ``fa_analysis/figures/`` changes the hash of every job that draws a figure.
     """
     seen: set[str] = set()
     todo = [name.removeprefix("fa_analysis.") for name in entry_modules]
@@ -455,29 +490,69 @@ def package_modules(*entry_modules: str) -> list[str]:
         name = todo.pop()
         if name in seen:
             continue
-        path = PACKAGE_DIR / f"{name}.py"
-        if not path.is_file():
-            raise ValueError(f"no module fa_analysis.{name} (expected {path})")
+        path = _module_source(name)
+        if path is None:
+            raise ValueError(f"no module fa_analysis.{name} (expected {PACKAGE_DIR / name.replace('.', '/')}.py "
+                             "or a package there)")
         seen.add(name)
-        todo += [m for m in _imported_package_modules(ast.parse(path.read_text())) if m not in seen]
+        if path.name == "__init__.py":
+            todo += _package_members(name)
+        if "." in name:
+            todo.append(name.rpartition(".")[0])
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        todo += [m for m in _imported_package_modules(ast.parse(path.read_text()), package) if m not in seen]
     return sorted(seen)
 
 
-def _imported_package_modules(tree: ast.Module) -> Iterator[str]:
+def _module_source(name: str) -> Path | None:
+    """The source of package module ``name`` (``figures.style`` -> ``figures/style.py``; a package's
+    ``__init__.py``), or None when there is none."""
+    base = PACKAGE_DIR.joinpath(*name.split("."))
+    for path in (base.with_name(f"{base.name}.py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _package_members(package: str) -> list[str]:
+    """Every module and subpackage directly in subpackage ``package`` (``figures`` -> ``figures.style``, ...)."""
+    directory = PACKAGE_DIR.joinpath(*package.split("."))
+    names = [path.stem for path in directory.glob("*.py") if path.name != "__init__.py"]
+    names += [path.parent.name for path in directory.glob("*/__init__.py")]
+    return [f"{package}.{name}" for name in sorted(names)]
+
+
+def _imported_package_modules(tree: ast.Module, package: str = "") -> Iterator[str]:
+    """The package modules a module's source imports, as names below ``fa_analysis``.
+
+    ``package`` is the (sub)package the module lives in ("" for ``fa_analysis`` itself), against
+    which relative imports resolve: in ``figures/training.py``, ``from . import style`` and
+    ``from .style import PALETTE`` are ``figures.style``, ``from .. import aggregate`` is ``aggregate``.
+    """
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("fa_analysis."):
-                    yield alias.name.split(".")[1]
+                    yield alias.name.removeprefix("fa_analysis.")
         elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 0 and module.startswith("fa_analysis."):
-                yield module.split(".")[1]
-            elif node.level == 1 and module:
-                yield module.split(".")[0]
-            elif (node.level == 0 and module == "fa_analysis") or (node.level == 1 and not module):
-                # `from fa_analysis import data`: names that are modules (not e.g. __version__)
-                yield from (a.name for a in node.names if (PACKAGE_DIR / f"{a.name}.py").is_file())
+            if node.level == 0:
+                if node.module != "fa_analysis" and not (node.module or "").startswith("fa_analysis."):
+                    continue
+                parts = node.module.split(".")[1:]
+            else:
+                parts = package.split(".") if package else []
+                if node.level - 1 > len(parts):
+                    continue  # above fa_analysis: not the package's
+                parts = parts[:len(parts) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            base = ".".join(parts)
+            if base:
+                yield base  # `from fa_analysis.figures import style` runs figures/__init__ first
+            # `from fa_analysis import data`, `from . import style`: the names that are modules
+            # (not e.g. __version__ or PALETTE)
+            for alias in node.names:
+                member = f"{base}.{alias.name}" if base else alias.name
+                if _module_source(member) is not None:
+                    yield member
 
 
 def code_hash(*entry_modules: str) -> str:

@@ -237,6 +237,19 @@ def phase_codes(kind: str, seed: int, phase: int) -> torch.Tensor:
     return make_codes(kind, generator)
 
 
+def smooth_targets(codes: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label smoothing (method §2.3): the targets ``y (1 - s) + s`` of the code map ``codes``.
+
+    Every 0 of a code becomes ``s``, every 1 stays 1 (the study's ``y 0.95 + 0.05`` is
+    ``s = 0.05``); ``s = 0`` returns ``codes`` itself. The prediction is still read with the
+    unsmoothed codes (``decode``): the offset ``s`` is the same for every class, so it cannot
+    change which class maximises ``<output, code_c>``.
+    """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {smoothing!r}")
+    return codes if smoothing == 0 else codes * (1 - smoothing) + smoothing
+
+
 def decode(outputs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Predicted classes ``argmax_c <output, code_c>`` (method §2) for outputs (N, n_out)."""
     return torch.argmax(outputs @ codes.T.to(outputs.dtype), dim=1)

@@ -14,7 +14,9 @@ iterations. Here
   ``∠(W_l, B_lᵀ)`` measure the distance to.
 - :func:`umap_embedding` embeds the same snapshots with UMAP (seeded, subsampled evenly in time).
 
-Each writes its table plus a JSON of the settings, the seeds, the runs used and the code version.
+Each writes its table plus a JSON of the settings, the seeds, the runs used and the code version,
+and labels every run with its outcome (``completed``, ``diverged`` or ``collapsed``; method §5.6),
+which the trajectory figures name in their legends.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fa_analysis import artifacts, data, network
+from fa_analysis import artifacts, data, network, outcome
 from fa_analysis.run_dir import Run, read_run, theta_layout, theta_size
 from fa_analysis.settings import is_int, with_defaults
 
@@ -108,6 +110,7 @@ class Trajectory:
     run: Run
     iterations: np.ndarray  # (S,)
     theta: np.ndarray  # (S, P) float32: all W then all b, flattened (run_dir.theta_layout)
+    collapse_margin: float  # config analysis.collapse_margin
 
     @property
     def path(self) -> Path:
@@ -119,22 +122,24 @@ class Trajectory:
 
     @property
     def status(self) -> str:
-        """``completed`` or ``diverged`` (run.json)."""
-        return self.run.status
+        """``completed``, ``diverged`` (run.json) or ``collapsed`` (``outcome.run_status``)."""
+        return outcome.run_status(self.run.status, self.run.evaluation, self.collapse_margin)
 
 
-def read_trajectory(method: str, path: PathLike) -> Trajectory:
-    """The snapshots of one trajectory run (``run_dir.read_run``); errors name the missing file."""
+def read_trajectory(method: str, path: PathLike, collapse_margin: float | None = None) -> Trajectory:
+    """The snapshots of one trajectory run (``run_dir.read_run``); errors name the missing file.
+    ``collapse_margin`` is config ``analysis.collapse_margin`` (None: the schema's)."""
     run = read_run(path, require=("snapshots",))
     iterations, theta = run.snapshots()
-    return Trajectory(method=method, run=run, iterations=iterations, theta=theta)
+    margin = outcome.check_margin(outcome.default_margin() if collapse_margin is None else collapse_margin)
+    return Trajectory(method=method, run=run, iterations=iterations, theta=theta, collapse_margin=margin)
 
 
-def read_trajectories(run_dirs: Mapping[str, PathLike]) -> list[Trajectory]:
+def read_trajectories(run_dirs: Mapping[str, PathLike], collapse_margin: float | None = None) -> list[Trajectory]:
     """Read every method's run and check that they share the seed and the parameter layout."""
     if not run_dirs:
         raise ValueError("no trajectory runs given (config experiments.trajectory.conditions is empty)")
-    trajectories = [read_trajectory(method, path) for method, path in run_dirs.items()]
+    trajectories = [read_trajectory(method, path, collapse_margin) for method, path in run_dirs.items()]
     seeds = {t.method: t.run.seed for t in trajectories}
     if len(set(seeds.values())) != 1:
         raise ValueError(f"trajectory runs must share one seed (same initial W, B, b), got {seeds}")
@@ -199,27 +204,30 @@ def landscape_data(trajectory: Trajectory, dataset_path: PathLike, subset: int |
     """Training inputs ``X`` (first ``subset`` images) and targets ``Y*`` from the run's code map.
 
     The code map is the one the run trained with in its first phase (``data.phase_codes`` with the
-    run's seed and targets), the labels the true training labels.
+    run's seed and targets), after the run's label smoothing (method §2.3), the labels the true
+    training labels.
     """
     prepared = data.load_prepared(dataset_path)
     n = len(prepared.y_train) if subset is None else min(int(subset), len(prepared.y_train))
-    codes = data.phase_codes(trajectory.spec["targets"], trajectory.run.seed, 0)
+    codes = data.phase_codes(trajectory.spec["targets"], trajectory.run.seed, 0).to(dtype)
+    targets = data.smooth_targets(codes, float(trajectory.spec.get("label_smoothing", 0.0)))
     X = prepared.X_train[:n].to(dtype)
-    Y_star = codes[prepared.y_train[:n]].to(dtype)
+    Y_star = targets[prepared.y_train[:n]]
     return X, Y_star
 
 
 def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_npz: PathLike,
-                  out_json: PathLike, settings: Mapping | None = None) -> dict:
+                  out_json: PathLike, settings: Mapping | None = None, collapse_margin: float | None = None) -> dict:
     """Joint PCA of the trajectories with the loss landscape of the PC1–PC2 plane (method §8).
 
     ``run_dirs`` maps method (condition) -> trajectory run directory; ``dataset_path`` is the
     prepared dataset (``data/mnist15.npz``); ``settings`` is config ``embedding`` (pca_grid,
     pca_margin, landscape_train_subset). The grid spans the projected trajectories and reference
-    points plus ``pca_margin`` of that range on every side.
+    points plus ``pca_margin`` of that range on every side. ``collapse_margin`` is config
+    ``analysis.collapse_margin`` (None: the schema's).
 
-    Writes ``out_npz`` with ``methods``, ``method_status`` (each run's status, ``completed`` or
-    ``diverged``: a diverged run's snapshots stop where it did), ``point_method`` (index into
+    Writes ``out_npz`` with ``methods``, ``method_status`` (each run's outcome, ``completed``,
+    ``diverged`` -- its snapshots stop where it did -- or ``collapsed``), ``point_method`` (index into
     methods), ``point_iteration``,
     ``points`` (N, 2), ``reference_labels``, ``reference_points`` (R, 2), ``grid_pc1`` (G,),
     ``grid_pc2`` (G,), ``loss`` (G, G; row i is ``grid_pc2[i]``), ``landscape_images`` (the number
@@ -231,7 +239,7 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
 
     s = PCASettings.from_dict(settings or {})
     started = time.perf_counter()
-    trajectories = read_trajectories(run_dirs)
+    trajectories = read_trajectories(run_dirs, collapse_margin)
     # Randomized SVD (seeded): the full protocol has ~8,000 snapshots of ~21,500 weights, where a
     # full SVD takes minutes; for the top 2 components both agree to float precision.
     theta = np.concatenate([t.theta for t in trajectories]).astype(np.float32)
@@ -252,6 +260,10 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
             for i in range(2)]
 
     first = trajectories[0]
+    smoothing = {t.method: t.spec.get("label_smoothing", 0.0) for t in trajectories}
+    if len(set(smoothing.values())) != 1:
+        raise ValueError(f"the loss landscape is one surface: the trajectory runs must share label_smoothing, "
+                         f"got {smoothing}")
     sizes, activation = first.spec["sizes"], first.spec.get("activation", "tanh_relu")
     dtype = getattr(torch, first.spec.get("dtype", "float32"))
     X, Y_star = landscape_data(first, dataset_path, s.landscape_train_subset, dtype)
@@ -286,11 +298,14 @@ def pca_landscape(run_dirs: Mapping[str, PathLike], dataset_path: PathLike, out_
         "settings": asdict(s),
         "landscape_images": int(len(X)),
         "loss": "0.5 * sum over the subset of ||Y* - L_d||^2 (summed, not averaged)",
-        "code_map": "data.phase_codes(targets, seed, phase=0) of the trajectory seed",
+        "code_map": "data.phase_codes(targets, seed, phase=0) of the trajectory seed, after the runs' "
+                    "label smoothing (data.smooth_targets)",
         "reference_points": "for each FA run: its first snapshot with W_l := B_l^T for l >= 1 "
                             "(W_0 and the biases stay at their initial values)",
         "methods": [t.method for t in trajectories],
         "runs": {t.method: str(t.path) for t in trajectories},
+        "status": {t.method: t.status for t in trajectories},
+        "collapse_margin": first.collapse_margin,
         "seed": first.run.seed,
         "snapshots": {t.method: int(len(t.theta)) for t in trajectories},
         "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
@@ -316,20 +331,21 @@ def subsample_indices(n: int, k: int) -> np.ndarray:
 
 
 def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_json: PathLike,
-                   settings: Mapping | None = None) -> pd.DataFrame:
+                   settings: Mapping | None = None, collapse_margin: float | None = None) -> pd.DataFrame:
     """UMAP (2-D) of the trajectory snapshots of every method together (method §8).
 
     ``settings`` is config ``embedding.umap`` (n_neighbors, min_dist, seed, max_points). Each method
     keeps at most ``max_points / (number of methods)`` snapshots, evenly spaced in time (first and
     last always in). UMAP runs with ``random_state = seed`` (deterministic, single-threaded).
-    Writes ``out_parquet`` (columns method, status -- the run's, ``completed`` or ``diverged`` --,
-    iteration, umap_1, umap_2) and ``out_json``.
+    Writes ``out_parquet`` (columns method, status -- the run's outcome, ``completed``, ``diverged``
+    or ``collapsed``, with ``collapse_margin`` as in :func:`pca_landscape` --, iteration, umap_1,
+    umap_2) and ``out_json``.
     """
     import umap
 
     s = UMAPSettings.from_dict(settings or {})
     started = time.perf_counter()
-    trajectories = read_trajectories(run_dirs)
+    trajectories = read_trajectories(run_dirs, collapse_margin)
     per_method = max(2, s.max_points // len(trajectories))
     kept = [subsample_indices(len(t.theta), per_method) for t in trajectories]
     theta = np.concatenate([t.theta[idx] for t, idx in zip(trajectories, kept)]).astype(np.float32)
@@ -352,6 +368,8 @@ def umap_embedding(run_dirs: Mapping[str, PathLike], out_parquet: PathLike, out_
         "points_per_method": {t.method: int(len(idx)) for t, idx in zip(trajectories, kept)},
         "methods": [t.method for t in trajectories],
         "runs": {t.method: str(t.path) for t in trajectories},
+        "status": {t.method: t.status for t in trajectories},
+        "collapse_margin": trajectories[0].collapse_margin,
         "seed": s.seed,
         "run_seed": trajectories[0].run.seed,
         "seconds": time.perf_counter() - started,

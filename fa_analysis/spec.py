@@ -26,13 +26,13 @@ ACTIVATION_NAMES = ("tanh_relu", "relu", "tanh", "sigmoid", "linear")  # network
 TARGETS = {"five_hot": 50, "one_hot": 10}  # output units each code kind needs
 DTYPE_NAMES = ("float32", "float64")
 #: Numbers read as floats in every spec (``gamma: 1`` and ``gamma: 1.0`` give the same spec).
-FLOAT_KEYS = ("init_std", "eta", "gamma")
+FLOAT_KEYS = ("init_std", "eta", "gamma", "label_smoothing")
 #: The protocol run whose values fill the fields a ``RunSpec`` is not given: experiment, condition, seed.
 DEFAULT_RUN = ("main", "fa", 0)
 #: The config section each field's default comes from; the other fields are set by the experiment.
 DEFAULT_SECTIONS = {
     "network": ("sizes", "activation", "init_std", "bias", "targets"),
-    "condition": ("rule", "eta", "wn", "gamma", "ibn"),
+    "condition": ("rule", "eta", "wn", "gamma", "ibn", "label_smoothing"),
     "training": ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics", "compare_rules", "device", "dtype",
                  "threads"),
 }
@@ -70,6 +70,7 @@ class RunSpec:
     wn: bool = DEFAULT
     gamma: float | None = DEFAULT
     ibn: bool = DEFAULT
+    label_smoothing: float = DEFAULT
     batch_size: int = DEFAULT
     epochs: int = DEFAULT
     reshuffle: bool = DEFAULT
@@ -205,6 +206,9 @@ def check(spec: Mapping[str, Any]) -> None:
     problem = gamma_problem(spec["wn"], spec["gamma"])
     if problem:
         raise ValueError(problem)
+    smoothing = spec["label_smoothing"]
+    if not isinstance(smoothing, float) or not 0 <= smoothing < 1:
+        raise ValueError(f"label_smoothing must be a number in [0, 1) (0 = off), got {smoothing!r}")
     bounds = (("batch_size", 1), ("epochs", 1), ("snapshot_every", 0)) + ((("threads", 1),) if "threads" in spec else ())
     for key, low in bounds:
         value = spec[key]

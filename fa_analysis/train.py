@@ -8,6 +8,8 @@ the start of every epoch, at every phase boundary and after the last epoch, take
 shows each step to the observers and stops at divergence. Every draw comes from the run seed
 ``s``: the initialisation from ``s``, the code map of phase ``p`` from ``s + 10_000 (p + 1)``, the
 minibatch order from ``s + 1_000_003``; the epoch's examples are gathered once in minibatch order.
+The run trains on, and its losses are taken against, the code map's targets after label smoothing
+(``data.smooth_targets``); its accuracy is read with the code map itself (method §2.3).
 
 ``read_labels`` reads the training labels a spec asks for: the training job's input, covered by
 its code hash.
@@ -100,7 +102,7 @@ def train_run(
     for observer in observers:
         observer.start(net, spec, K, device)
     phase_of_epoch = _phase_of_epoch(spec)
-    codes = _codes(spec, 0, device, dtype)
+    codes, targets = _code_map(spec, 0, device, dtype)
     evaluations = Evaluations(net, X_test.to(device, dtype), y_test.to(device), n_batches)
     timings = {"init_s": time.perf_counter() - t_start, "train_s": 0.0}
 
@@ -109,12 +111,12 @@ def train_run(
     for epoch in range(spec.epochs):
         phase = phase_of_epoch[epoch]
         if epoch > 0 and phase != phase_of_epoch[epoch - 1]:
-            evaluations.add(epoch, phase - 1, codes)  # end of the old phase, old code map
-            codes = _codes(spec, phase, device, dtype)
-        evaluations.add(epoch, phase, codes)
+            evaluations.add(epoch, phase - 1, codes, targets)  # end of the old phase, old code map
+            codes, targets = _code_map(spec, phase, device, dtype)
+        evaluations.add(epoch, phase, codes, targets)
         _log_epoch(log, spec, epoch, engine.loss_x2, n_batches, evaluations.rows[-1], net, epoch_rate)
         t0 = time.perf_counter()
-        X_epoch, Y_epoch, labels_epoch, order = epochs.in_minibatch_order(epoch, codes)
+        X_epoch, Y_epoch, labels_epoch, order = epochs.in_minibatch_order(epoch, targets)
         for i in range(n_batches):
             snapshots.take(k)
             batch = slice(i * spec.batch_size, (i + 1) * spec.batch_size)
@@ -139,7 +141,7 @@ def train_run(
 
     # --- the end: the last evaluation and snapshot, or what a diverged run recorded before it blew up
     if divergence is None:
-        evaluations.add(spec.epochs, phase_of_epoch[-1], codes)
+        evaluations.add(spec.epochs, phase_of_epoch[-1], codes, targets)
         _log_epoch(log, spec, spec.epochs, engine.loss_x2, n_batches, evaluations.rows[-1], net, epoch_rate)
         snapshots.take_last()
         rows_done = K
@@ -203,15 +205,17 @@ def train_run(
 
 class EpochData:
     """The training examples of an epoch in minibatch order (each batch a contiguous slice), and
-    their targets under the current code map; gathered again only when the order or the code map
-    changes (``data.batch_order`` with the seed ``s + ORDER_SEED_OFFSET``)."""
+    their targets under the current code map (its rows ``Y*`` of every class, smoothed); gathered
+    again only when the order or the code map changes (``data.batch_order`` with the seed
+    ``s + ORDER_SEED_OFFSET``)."""
 
     def __init__(self, spec: RunSpec, X_train: Tensor, y_train: Tensor, device: torch.device):
         self.spec, self.X_train, self.y_train, self.device = spec, X_train, y_train, device
-        self.order_cpu = self.order = self.X = self.labels = self.Y = self.Y_codes = None
+        self.order_cpu = self.order = self.X = self.labels = self.Y = self.Y_targets = None
 
-    def in_minibatch_order(self, epoch: int, codes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(X, Y*, labels, dataset indices)`` of the epoch's examples in minibatch order."""
+    def in_minibatch_order(self, epoch: int, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(X, Y*, labels, dataset indices)`` of the epoch's examples in minibatch order; row ``c``
+        of ``targets`` is the target of class ``c``."""
         spec = self.spec
         order = data.batch_order(self.X_train.shape[0], spec.batch_size, epoch, spec.reshuffle,
                                  spec.seed + ORDER_SEED_OFFSET)
@@ -220,8 +224,8 @@ class EpochData:
             self.X = self.X_train.index_select(0, self.order)
             self.labels = self.y_train.index_select(0, self.order)
             self.Y = None
-        if self.Y is None or self.Y_codes is not codes:
-            self.Y, self.Y_codes = epoch_targets(codes, self.labels), codes
+        if self.Y is None or self.Y_targets is not targets:
+            self.Y, self.Y_targets = epoch_targets(targets, self.labels), targets
         return self.X, self.Y, self.labels, self.order
 
 
@@ -250,17 +254,18 @@ class Snapshots:
 
 
 class Evaluations:
-    """The evaluation table, row by row: test accuracy and loss of ``net`` under a code map."""
+    """The evaluation table, row by row: test accuracy and loss of ``net`` under a code map and its targets."""
 
     def __init__(self, net: Network, X_test: Tensor, y_test: Tensor, n_batches: int):
         self.net, self.X_test, self.y_test, self.n_batches = net, X_test, y_test, n_batches
         self.rows: list[dict[str, Any]] = []
         self.seconds = 0.0
 
-    def add(self, epoch: int, phase: int, codes: Tensor) -> None:
-        """The row of the state at the start of ``epoch`` (``phase``'s code map ``codes``)."""
+    def add(self, epoch: int, phase: int, codes: Tensor, targets: Tensor) -> None:
+        """The row of the state at the start of ``epoch`` (``phase``'s code map ``codes``, its
+        smoothed ``targets``)."""
         t0 = time.perf_counter()
-        accuracy, test_loss = _evaluate(self.net, self.X_test, self.y_test, codes)
+        accuracy, test_loss = _evaluate(self.net, self.X_test, self.y_test, codes, targets)
         self.seconds += time.perf_counter() - t0
         self.rows.append({"epoch": epoch, "iteration": epoch * self.n_batches, "phase": phase,
                           "test_accuracy": accuracy, "test_loss": test_loss})
@@ -339,19 +344,24 @@ def _check_dataset(spec: RunSpec, dataset, labels, observers) -> tuple[Tensor, T
     return X_train, y_train, X_test, y_test
 
 
-def _codes(spec: RunSpec, phase: int, device, dtype) -> Tensor:
-    return data.phase_codes(spec.targets, spec.seed, phase).to(device=device, dtype=dtype)
+def _code_map(spec: RunSpec, phase: int, device, dtype) -> tuple[Tensor, Tensor]:
+    """The code map of ``phase`` (method §2.3, §4.4) and the targets the run trains on: the map
+    after label smoothing (the map itself when ``label_smoothing`` is 0)."""
+    codes = data.phase_codes(spec.targets, spec.seed, phase).to(device=device, dtype=dtype)
+    return codes, data.smooth_targets(codes, spec.label_smoothing)
 
 
-def _evaluate(net: Network, X: Tensor, y: Tensor, codes: Tensor, chunk: int = 10_000) -> tuple[float, float]:
-    """Test accuracy (``decode`` of the outputs) and test loss (summed loss / number of images)."""
+def _evaluate(net: Network, X: Tensor, y: Tensor, codes: Tensor, targets: Tensor,
+              chunk: int = 10_000) -> tuple[float, float]:
+    """Test accuracy (``decode`` of the outputs with the code map) and test loss (summed loss against
+    the smoothed targets / number of images)."""
     correct = torch.zeros((), device=X.device, dtype=torch.int64)
     total = torch.zeros((), device=X.device, dtype=torch.float64)
     for start in range(0, X.shape[0], chunk):
         _, L = forward(net, X[start : start + chunk])
         y_chunk = y[start : start + chunk]
         correct += (data.decode(L[-1], codes) == y_chunk).sum()
-        E = output_error(codes[y_chunk], L[-1])
+        E = output_error(targets[y_chunk], L[-1])
         total += 0.5 * (E.to(torch.float64) ** 2).sum()
     n = max(X.shape[0], 1)
     return correct.item() / n, total.item() / n

@@ -22,10 +22,12 @@ def metric_columns(d: int) -> list[str]:
 
 def write_run(root: Path, experiment: str, condition: str, seed: int, *, iterations: int = 40,
               per_epoch: int = 10, diverge_at: int | None = None, sizes=SIZES, phases=None,
-              rule: str = "fa", weights: bool = True) -> Path:
+              rule: str = "fa", weights: bool = True, test_accuracy=None) -> Path:
     """One run directory with metrics, evaluation, weights and run.json; values seeded by ``seed``.
 
     ``diverge_at`` = k: the metrics stop at k with a NaN loss row there and the status is diverged.
+    ``test_accuracy``: the evaluation table's accuracies, one per evaluation row (default: a seeded
+    rise from 0.1).
     """
     rng = np.random.default_rng(seed)
     d = len(sizes) - 1
@@ -44,7 +46,8 @@ def write_run(root: Path, experiment: str, condition: str, seed: int, *, iterati
         "epoch": np.arange(epochs + 1),
         "iteration": np.arange(epochs + 1) * per_epoch,
         "phase": np.searchsorted(np.cumsum(phases), np.arange(epochs + 1), side="right").clip(max=len(phases) - 1),
-        "test_accuracy": np.clip(0.1 + 0.08 * np.arange(epochs + 1) + rng.normal(0, 0.01, epochs + 1), 0, 1),
+        "test_accuracy": np.clip(0.1 + 0.08 * np.arange(epochs + 1) + rng.normal(0, 0.01, epochs + 1), 0, 1)
+                         if test_accuracy is None else np.asarray(test_accuracy, dtype=float),
         "test_loss": 10.0 / (1 + np.arange(epochs + 1)) + rng.uniform(0, 0.1, epochs + 1),
     })
     metrics.to_parquet(run_dir / "metrics.parquet")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fa_analysis import aggregate
+from fa_analysis import aggregate, outcome
 from results_synthetic import SIZES, write_run
 
 
@@ -179,7 +179,7 @@ def test_summary_has_one_row_per_condition_with_finite_values(tmp_path, conditio
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 2
     markdown = (tmp_path / "summary.md").read_text()
     assert f"{100 * completed.mean():.1f} ± {100 * completed.std(ddof=1):.1f}" in markdown
-    assert "| main | fa | 3 | 1 |" in markdown
+    assert "| main | fa | 3 | 1 | 0 |" in markdown
 
 
 def test_aggregate_json_records_runs_and_divergence(condition):
@@ -200,3 +200,121 @@ def test_runs_of_different_conditions_are_refused(tmp_path):
     runs = [write_run(tmp_path, "main", "fa", 0), write_run(tmp_path, "main", "bp", 0, rule="bp")]
     with pytest.raises(ValueError, match="several conditions"):
         aggregate.aggregate_condition(runs, tmp_path / "agg")
+
+
+# ---------------------------------------------------------------------------------------------
+# Collapse: a run that finished far below its own best (method §5.6)
+
+
+def _evaluation(accuracy, phase=None):
+    """An evaluation table with these accuracies, one row per epoch (phase 0 unless given)."""
+    accuracy = np.asarray(accuracy, dtype=float)
+    epoch = np.arange(len(accuracy))
+    return pd.DataFrame({"epoch": epoch, "iteration": 10 * epoch,
+                         "phase": np.zeros(len(accuracy), int) if phase is None else np.asarray(phase),
+                         "test_accuracy": accuracy, "test_loss": 1.0 - accuracy})
+
+
+#: Rises to 0.959 at epoch 2, then falls to chance: the shape of a run that collapsed.
+COLLAPSING = [0.1, 0.8, 0.959, 0.9, 0.5, 0.097]
+
+
+@pytest.fixture
+def with_collapse(tmp_path):
+    """main/bp_wn: seeds 0 and 1 healthy, seed 2 collapsing, seed 3 diverging."""
+    runs = [write_run(tmp_path, "main", "bp_wn", seed, rule="bp") for seed in (0, 1)]
+    runs.append(write_run(tmp_path, "main", "bp_wn", 2, rule="bp", iterations=50, test_accuracy=COLLAPSING))
+    runs.append(write_run(tmp_path, "main", "bp_wn", 3, rule="bp", diverge_at=25))
+    out = tmp_path / "aggregated" / "main" / "bp_wn"
+    written = aggregate.aggregate_condition(runs, out)
+    return runs, out, written
+
+
+def test_a_run_that_lost_its_accuracy_is_collapsed_and_a_healthy_one_is_not(with_collapse):
+    runs, out, written = with_collapse
+    listed = pd.read_csv(out / "runs.csv").set_index("seed")
+    assert list(listed["status"]) == ["completed", "completed", "collapsed", "diverged"]
+    assert listed.loc[2, "best_test_accuracy"] == pytest.approx(0.959)
+    assert listed.loc[2, "best_epoch"] == 2
+    assert listed.loc[2, "final_test_accuracy"] == pytest.approx(0.097)
+    assert listed.loc[2, "accuracy_drop"] == pytest.approx(0.959 - 0.097)
+    for seed in (0, 1):  # a healthy run: best and drop from its own evaluation table
+        accuracy = pd.read_parquet(runs[seed] / "evaluation.parquet")["test_accuracy"]
+        assert listed.loc[seed, "best_test_accuracy"] == pytest.approx(accuracy.max())
+        assert listed.loc[seed, "best_epoch"] == accuracy.idxmax()
+        assert listed.loc[seed, "accuracy_drop"] == pytest.approx(accuracy.max() - accuracy.iloc[-1])
+    # a diverged run stays diverged; its best evaluation is still recorded
+    diverged = pd.read_parquet(runs[3] / "evaluation.parquet")["test_accuracy"]
+    assert listed.loc[3, "best_test_accuracy"] == pytest.approx(diverged.max())
+    assert np.isnan(listed.loc[3, "accuracy_drop"])
+    meta = json.loads(written["aggregate"].read_text())
+    assert (meta["n_diverged"], meta["n_collapsed"], meta["collapse_margin"]) == (1, 1, 0.1)
+
+
+def test_the_summary_counts_collapsed_and_diverged_runs_apart_and_averages_neither(tmp_path, with_collapse):
+    _, out, _ = with_collapse
+    table = aggregate.summary_table([out], tmp_path / "summary.csv", tmp_path / "summary.md")
+    row = table.iloc[0]
+    assert (row["n_seeds"], row["n_completed"], row["n_diverged"], row["n_collapsed"]) == (4, 2, 1, 1)
+    runs = pd.read_csv(out / "runs.csv")
+    healthy = runs[runs.seed.isin([0, 1])]
+    assert row["final_test_accuracy_mean"] == pytest.approx(healthy["final_test_accuracy"].mean())
+    assert row["angle_W_Bt_1_mean"] == pytest.approx(healthy["angle_W_Bt_1"].mean())
+    assert "| main | bp_wn | 4 | 1 | 1 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_collapse_margin_is_respected_at_its_boundary():
+    """A fall of exactly the margin is no collapse (the accuracies' rounding aside); one test image more is."""
+    margin = 0.1
+    at_margin = _evaluation([0.1, 0.8, 0.7])  # 0.8 - 0.7 is 0.10000000000000009 in floating point
+    beyond = _evaluation([0.1, 0.8, 0.7 - 1e-4])  # one image of 10,000 below
+    assert outcome.run_status("completed", at_margin, margin) == "completed"
+    assert outcome.run_status("completed", beyond, margin) == "collapsed"
+    assert outcome.run_status("completed", beyond, 0.2) == "completed"  # a wider margin
+    assert outcome.run_status("completed", _evaluation([0.1, 0.5, 0.5]), 0.0) == "completed"  # ends at its best
+    assert outcome.run_status("completed", _evaluation(COLLAPSING), 1.0) == "completed"  # 1 turns it off
+    assert outcome.run_status("diverged", _evaluation(COLLAPSING), margin) == "diverged"
+
+
+def test_the_margin_reaches_runs_csv(tmp_path):
+    run = write_run(tmp_path, "main", "fa", 0, iterations=50, test_accuracy=COLLAPSING)
+    for margin, status in ((0.1, "collapsed"), (0.9, "completed")):
+        out = tmp_path / f"agg{margin}"
+        aggregate.aggregate_condition([run], out, collapse_margin=margin)
+        assert pd.read_csv(out / "runs.csv")["status"].item() == status
+    with pytest.raises(ValueError, match="analysis.collapse_margin"):
+        aggregate.aggregate_condition([run], tmp_path / "bad", collapse_margin=1.5)
+
+
+def test_a_fall_at_a_label_change_is_no_collapse_but_a_collapse_before_it_is():
+    """Each phase is judged on its own: the remap's fall is expected (method §4.4), a phase that ends
+    far below its own best is a collapse even when the run then stays at chance."""
+    # at the boundary (epoch 2) the table holds the old phase's end and the new phase's start
+    phase = [0, 0, 0, 1, 1, 1]
+    relearned = _evaluation([0.1, 0.9, 0.92, 0.1, 0.8, 0.88], phase)
+    collapsed_first = _evaluation([0.1, 0.9, 0.1, 0.1, 0.1, 0.1], phase)
+    assert outcome.accuracy_drop(relearned) == pytest.approx(0.0)
+    assert outcome.run_status("completed", relearned, 0.1) == "completed"
+    assert outcome.accuracy_drop(collapsed_first) == pytest.approx(0.8)
+    assert outcome.run_status("completed", collapsed_first, 0.1) == "collapsed"
+    assert outcome.best_evaluation(relearned) == (pytest.approx(0.92), 2)
+
+
+def test_summary_of_conditions_with_different_depths_has_every_layer(tmp_path, condition):
+    """A deeper condition adds its layers' columns; the shallower one has none there (– in Markdown)."""
+    _, shallow_dir, _ = condition
+    deep_sizes = [6, 5, 4, 5, 10]  # d = 4: layers 1..3
+    deep = [write_run(tmp_path, "main", "fa_deep", seed, sizes=deep_sizes) for seed in (0, 1)]
+    deep_dir = tmp_path / "aggregated" / "main" / "fa_deep"
+    aggregate.aggregate_condition(deep, deep_dir)
+    table = aggregate.summary_table([shallow_dir, deep_dir], tmp_path / "summary.csv", tmp_path / "summary.md")
+    angle_means = [c for c in table.columns if c.startswith("angle_W_Bt_") and c.endswith("_mean")]
+    assert angle_means == ["angle_W_Bt_1_mean", "angle_W_Bt_2_mean", "angle_W_Bt_3_mean", "angle_W_Bt_all_mean"]
+    rows = table.set_index("condition")
+    assert np.isnan(rows.loc["fa", "angle_W_Bt_3_mean"])
+    with np.load(deep[0] / "weights.npz") as w0, np.load(deep[1] / "weights.npz") as w1:
+        expected = [_angle(w["W3_final"], w["B3"].T) for w in (w0, w1)]
+    assert rows.loc["fa_deep", "angle_W_Bt_3_mean"] == pytest.approx(np.mean(expected))
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert "∠(W_3, B_3ᵀ) (°)" in lines[0]
+    assert lines[2].split(" | ")[-2] == "–"  # fa has no layer 3

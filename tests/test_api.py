@@ -363,3 +363,14 @@ def test_command_line_errors_name_the_fix(capsys, tmp_path):
     assert cli.main(["train", "--condition", "nope", "--out", str(tmp_path / "y"), "--mnist-root", str(tmp_path)]) == 2
     assert "no run main/nope" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_the_notebook_api_and_the_job_glue_share_a_floor_below_both():
+    """``api`` never imports ``cli`` (which imports ``api`` for ``train`` without RUN): what both
+    need, the observers of a spec and the package's log, is in ``jobs``."""
+    from fa_analysis import api, cli, config as fa_config, jobs
+
+    assert "cli" not in fa_config.package_modules("api")
+    assert "jobs" in fa_config.package_modules("api") and "jobs" in fa_config.package_modules("cli")
+    assert cli.observers_of is jobs.observers_of and cli.log is jobs.log
+    assert not hasattr(api, "cli")

@@ -314,6 +314,53 @@ def test_editing_open_loop_changes_no_spec(default_config, default_specs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Code hashes of a subpackage
+
+
+def test_the_figures_hash_lists_every_module_of_the_figures_package():
+    """Every file of fa_analysis/figures/ is in the figures jobs' modules, found from any of them."""
+    files = sorted((fa_config.PACKAGE_DIR / "figures").glob("*.py"))
+    expected = {"figures" if path.stem == "__init__" else f"figures.{path.stem}" for path in files}
+    assert len(expected) >= 6
+    for entry in ("figures", "figures.style", "fa_analysis.figures.labels"):
+        modules = set(fa_config.package_modules(entry))
+        assert expected <= modules and "aggregate" in modules, entry
+        assert not modules & {"cli", "api", "train", "network"}, entry
+
+
+def test_relative_imports_inside_a_subpackage_resolve_to_its_modules():
+    import ast
+
+    source = ("from . import style\nfrom .style import PALETTE\nfrom .. import aggregate\n"
+              "from ..run_dir import read_run\nfrom fa_analysis.figures import labels\n"
+              "import fa_analysis.figures.toy\nfrom fa_analysis import __version__\n")
+    found = set(fa_config._imported_package_modules(ast.parse(source), "figures"))
+    assert found == {"figures", "figures.style", "aggregate", "run_dir", "figures.labels", "figures.toy"}
+    assert set(fa_config._imported_package_modules(ast.parse("from .data import load_prepared"), "")) == {"data"}
+
+
+def test_editing_one_figures_module_changes_the_figures_hash_only(tmp_path, monkeypatch):
+    """A copy of the package: a comment added to figures/labels.py changes code_hash("figures")
+    (and source_hash of the subpackage's name), not the training hash."""
+    import shutil
+
+    from fa_analysis import artifacts
+
+    copy_dir = tmp_path / "fa_analysis"
+    shutil.copytree(fa_config.PACKAGE_DIR, copy_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fa_config, "PACKAGE_DIR", copy_dir)
+    monkeypatch.setattr(artifacts, "PACKAGE_DIR", copy_dir)
+    before = {name: fa_config.code_hash(name) for name in ("figures", "train")}
+    whole = artifacts.source_hash(["figures"])
+    assert before["figures"] == fa_config.code_hash("figures")  # the hash is a function of the sources
+    with (copy_dir / "figures" / "labels.py").open("a") as handle:
+        handle.write("# an edit\n")
+    assert fa_config.code_hash("figures") != before["figures"]
+    assert artifacts.source_hash(["figures"]) != whole
+    assert fa_config.code_hash("train") == before["train"]
+
+
+# ---------------------------------------------------------------------------------------------
 # The command line
 
 

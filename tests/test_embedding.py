@@ -38,8 +38,10 @@ def _write_dataset(path, rng):
     return X.astype(np.float64), y
 
 
-def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=30, status="completed"):
-    """Snapshots theta0 + a(t) u + c(t) v: every method moves inside one 2-D affine plane."""
+def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=30, status="completed",
+                      test_accuracy=(0.1, 0.6, 0.8, 0.85)):
+    """Snapshots theta0 + a(t) u + c(t) v: every method moves inside one 2-D affine plane; the
+    evaluation table has the accuracies ``test_accuracy``, one per epoch."""
     run_dir = root / method
     run_dir.mkdir(parents=True)
     t = np.linspace(0, 1, snapshots)
@@ -50,6 +52,9 @@ def _write_trajectory(root, method, rule, theta0, u, v, rng, seed=0, snapshots=3
                                          "b": [[n] for n in SIZES[1:]]})))
     B = {f"B{l}": rng.normal(0, 0.1, (SIZES[l + 1], SIZES[l])) for l in range(1, len(SIZES) - 1)}
     np.savez(run_dir / "weights.npz", **B)
+    epochs = np.arange(len(test_accuracy))
+    pd.DataFrame({"epoch": epochs, "iteration": 30 * epochs, "phase": 0, "test_accuracy": test_accuracy,
+                  "test_loss": 1.0}).to_parquet(run_dir / "evaluation.parquet")
     spec = {"experiment": "trajectory", "condition": method, "seed": seed, "sizes": SIZES, "rule": rule,
             "activation": "tanh_relu", "targets": "one_hot", "dtype": "float64"}
     (run_dir / "run.json").write_text(json.dumps({"spec": spec, "seed": seed, "status": status}))
@@ -202,10 +207,57 @@ def test_a_diverged_trajectory_is_named_in_the_legends(tmp_path, monkeypatch):
     embedding.umap_embedding(runs, tmp_path / "umap.parquet", tmp_path / "umap.json",
                              {"n_neighbors": 5, "min_dist": 0.3, "seed": 0, "max_points": 40})
     drawn = []
-    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: drawn.append(fig))
+    monkeypatch.setattr(figures.style, "save_figure", lambda fig, stem, formats: drawn.append(fig))
     figures.plot_trajectory_pca(tmp_path / "pca.npz", tmp_path / "pca")
     figures.plot_trajectory_umap(tmp_path / "umap.parquet", tmp_path / "umap")
     for fig in drawn:
         legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
         labels = [text.get_text() for text in legend.get_texts()]
         assert "FA (its run diverged)" in labels and "BP" in labels
+
+
+def test_a_collapsed_trajectory_is_labelled_so_in_both_embeddings_and_their_legends(tmp_path, monkeypatch):
+    """A run that finished far below its own best carries ``collapsed`` with the configured margin."""
+    rng = np.random.default_rng(5)
+    P = sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:])) + sum(SIZES[1:])
+    theta0, u, v = (rng.normal(0, 0.3, P) for _ in range(3))
+    runs = {"bp": _write_trajectory(tmp_path, "bp", "bp", theta0, u, v, rng),
+            "bp_wn": _write_trajectory(tmp_path, "bp_wn", "bp", theta0, u, v, rng,
+                                       test_accuracy=(0.1, 0.959, 0.6, 0.097))}
+    _write_dataset(tmp_path / "mnist15.npz", rng)
+    for margin, expected in ((0.1, ["completed", "collapsed"]), (0.9, ["completed", "completed"])):
+        embedding.pca_landscape(runs, tmp_path / "mnist15.npz", tmp_path / "pca.npz", tmp_path / "pca.json",
+                                {"pca_grid": 3, "pca_margin": 0.2, "landscape_train_subset": 30}, margin)
+        table = embedding.umap_embedding(runs, tmp_path / "umap.parquet", tmp_path / "umap.json",
+                                         {"n_neighbors": 5, "min_dist": 0.3, "seed": 0, "max_points": 40}, margin)
+        with np.load(tmp_path / "pca.npz") as npz:
+            assert list(npz["methods"]) == ["bp", "bp_wn"] and list(npz["method_status"]) == expected
+        assert table.groupby("method")["status"].first().tolist() == expected
+        assert json.loads((tmp_path / "umap.json").read_text())["collapse_margin"] == margin
+    embedding.pca_landscape(runs, tmp_path / "mnist15.npz", tmp_path / "pca.npz", tmp_path / "pca.json",
+                            {"pca_grid": 3, "pca_margin": 0.2, "landscape_train_subset": 30}, 0.1)
+    embedding.umap_embedding(runs, tmp_path / "umap.parquet", tmp_path / "umap.json",
+                             {"n_neighbors": 5, "min_dist": 0.3, "seed": 0, "max_points": 40}, 0.1)
+    drawn = []
+    monkeypatch.setattr(figures.style, "save_figure", lambda fig, stem, formats: drawn.append(fig))
+    figures.plot_trajectory_pca(tmp_path / "pca.npz", tmp_path / "pca")
+    figures.plot_trajectory_umap(tmp_path / "umap.parquet", tmp_path / "umap")
+    collapsed = f"{figures.style.condition_label('bp_wn')} (its run collapsed)"
+    for fig in drawn:
+        legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+        labels = [text.get_text() for text in legend.get_texts()]
+        assert collapsed in labels and figures.style.condition_label("bp") in labels
+
+
+def test_the_landscape_loss_takes_the_runs_smoothed_targets(tmp_path):
+    """A run trained on y (1 - s) + s (method §2.3): its landscape is the loss against those targets."""
+    rng = np.random.default_rng(6)
+    P = sum(a * b for a, b in zip(SIZES[:-1], SIZES[1:])) + sum(SIZES[1:])
+    run_dir = _write_trajectory(tmp_path, "fa", "fa", *(rng.normal(0, 0.3, P) for _ in range(3)), rng)
+    info = json.loads((run_dir / "run.json").read_text())
+    info["spec"]["label_smoothing"] = 0.2
+    (run_dir / "run.json").write_text(json.dumps(info))
+    _, y = _write_dataset(tmp_path / "mnist15.npz", rng)
+    X, Y_star = embedding.landscape_data(embedding.read_trajectory("fa", run_dir), tmp_path / "mnist15.npz", 30,
+                                         torch.float64)
+    np.testing.assert_array_equal(Y_star.numpy(), 0.8 * np.eye(10)[y[:30]] + 0.2)

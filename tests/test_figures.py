@@ -145,7 +145,7 @@ def test_remainder_and_similarity_figures_write_png_and_pdf(aggregated, tmp_path
 def test_similarity_figure_draws_the_lag_analysis_only(aggregated, tmp_path, monkeypatch):
     """Rows variant x k of the lag analysis, one line per (labels, within/between), lags 1..max_lag."""
     captured = {}
-    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
+    monkeypatch.setattr(figures.style, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
     figures.plot_similarity(aggregated["terms"], tmp_path / "similarity")
     axes = [ax for ax in captured["fig"].axes if ax.lines]
     assert len(axes) == 3 * 2 * 2  # variants x k (6, 30) x layers
@@ -182,7 +182,7 @@ def test_open_loop_figures_write_png_and_pdf(tmp_path):
 
 def test_angle_figure_draws_the_aggregated_mean_and_sd(aggregated, tmp_path, monkeypatch):
     captured = {}
-    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
+    monkeypatch.setattr(figures.style, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
     figures.plot_angle_W_Bt({"fa": aggregated["main"]["fa"]}, tmp_path / "angle")
     ax = captured["fig"].axes[1]  # the panel of W_2
     table = pd.read_parquet(aggregated["main"]["fa"] / "metrics.parquet")
@@ -198,22 +198,71 @@ def test_angle_figure_draws_the_aggregated_mean_and_sd(aggregated, tmp_path, mon
 
 def test_a_condition_the_config_adds_gets_a_stable_colour_of_its_own(aggregated, tmp_path, monkeypatch):
     names = ["mystery", "fa_half_eta", "dfa", "fa_copy"]
-    colours = [figures._condition_color(name) for name in names]
-    assert colours == [figures._condition_color(name) for name in names]  # the same every time
+    colours = [figures.style.condition_color(name) for name in names]
+    assert colours == [figures.style.condition_color(name) for name in names]  # the same every time
     assert not set(colours) & set(figures.PALETTE.values())  # never a protocol condition's colour
     assert set(colours) <= set(figures.EXTRA_COLORS)
     settings = tmp_path / "fa_half_eta"
     settings.mkdir()
     (settings / "aggregate.json").write_text(json.dumps({"settings": {"rule": "fa", "eta": 2.5e-4, "wn": True,
                                                                       "gamma": 0.8, "ibn": False}}))
-    assert figures._condition_label("fa_half_eta", settings) == "fa_half_eta: FA, η = 0.00025, WN (γ = 0.8)"
-    assert figures._condition_label("fa_wn", settings) == figures.CONDITION_LABELS["fa_wn"]
-    assert figures._condition_label("mystery", tmp_path / "nowhere") == "mystery"
+    assert figures.style.condition_label("fa_half_eta", settings) == "fa_half_eta: FA, η = 0.00025, WN (γ = 0.8)"
+    assert figures.style.condition_label("fa_wn", settings) == figures.CONDITION_LABELS["fa_wn"]
+    assert figures.style.condition_label("mystery", tmp_path / "nowhere") == "mystery"
     captured = _captured(monkeypatch)
     figures.plot_angle_W_Bt({"fa": aggregated["main"]["fa"], "mystery": aggregated["main"]["bp"]}, tmp_path / "x")
     legend = {text.get_text() for text in captured["fig"].legends[0].get_texts()}
     assert any(label.startswith("mystery") for label in legend), legend
     plt.close(captured["fig"])
+
+
+def test_the_protocols_conditions_are_labelled_by_their_plain_names(tmp_path):
+    """Every condition of the protocol's main experiment (method §5.1), dfa included, reads as its
+    usual name, whatever settings its aggregate records."""
+    from fa_analysis import config as fa_config
+
+    expected = {"bp": "BP", "bp_wn": "BP + WN", "fa": "FA", "fa_wn": "FA + WN (IBN)",
+                "fa_wn_noibn": "FA + WN, no IBN", "dfa": "DFA"}
+    assert set(fa_config.load_config()["experiments"]["main"]["conditions"]) == set(expected)
+    directory = tmp_path / "dfa"
+    directory.mkdir()
+    (directory / "aggregate.json").write_text(json.dumps({"settings": {"rule": "dfa", "eta": 5e-4, "wn": False}}))
+    for condition, label in expected.items():
+        assert figures.style.condition_label(condition, directory) == label
+        assert figures.style.condition_label(condition) == label
+
+
+def test_accuracy_loss_zooms_on_the_last_epochs_and_draws_the_loss_on_a_log_scale(tmp_path, monkeypatch):
+    """Conditions that end a few points apart near the top of the 0-100 % axis: a panel shows the
+    last fifth of the epochs (16-20 of 20) scaled to their mean ± sd there; the loss axis is logarithmic."""
+    epochs, tops = 20, {"bp": 0.96, "fa": 0.90, "dfa": 0.86}
+    rise = 1 - np.exp(-np.arange(epochs + 1) / 3.0)
+    accuracy = {condition: [0.1 + (top - 0.1 + 0.01 * seed) * rise for seed in range(3)] for condition, top in tops.items()}
+    directories = {}
+    for condition, per_seed in accuracy.items():
+        runs = [write_run(tmp_path, "main", condition, seed, iterations=10 * epochs, test_accuracy=per_seed[seed])
+                for seed in range(3)]
+        directories[condition] = tmp_path / "aggregated" / "main" / condition
+        aggregate.aggregate_condition(runs, directories[condition])
+    captured = _captured(monkeypatch)
+    figures.plot_accuracy_loss(directories, tmp_path / "accuracy_loss")
+    fig = captured["fig"]
+    ax_accuracy, ax_zoom, ax_loss = fig.axes[:3]
+    assert ax_loss.get_yscale() == "log" and ax_accuracy.get_yscale() == "linear"
+    assert ax_zoom.get_xlim() == (16.0, 20.0)
+    # mean ± sample sd over the seeds of epochs 16..20, in percent, computed here from the runs' values
+    last = np.stack([100 * np.asarray(per_seed)[:, 16:] for per_seed in accuracy.values()])  # condition, seed, epoch
+    mean, sd = last.mean(axis=1), last.std(axis=1, ddof=1)
+    low, high = (mean - sd).min(), (mean + sd).max()
+    y0, y1 = ax_zoom.get_ylim()
+    assert y0 < low and high < y1  # every band in view ...
+    assert (y1 - y0) < 1.2 * (high - low) + 0.5 and y0 > 70  # ... and little else, far from the full axis
+    for condition, per_seed in accuracy.items():  # the zoom draws the same mean curves
+        line = next(l for l in ax_zoom.get_lines() if l.get_color() == figures.style.condition_color(condition))
+        np.testing.assert_allclose(line.get_ydata(), 100 * np.mean(per_seed, axis=0))
+    legend = {text.get_text() for text in fig.legends[0].get_texts()}
+    assert legend == {"BP", "FA", "DFA"}
+    plt.close(fig)
 
 
 def test_missing_aggregate_names_the_path(tmp_path):
@@ -229,7 +278,7 @@ def test_missing_aggregate_names_the_path(tmp_path):
 def _captured(monkeypatch) -> dict:
     """Keep the figure a plot function would save (and save nothing)."""
     captured = {}
-    monkeypatch.setattr(figures, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
+    monkeypatch.setattr(figures.style, "save_figure", lambda fig, stem, formats: captured.setdefault("fig", fig))
     return captured
 
 

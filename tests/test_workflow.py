@@ -284,6 +284,22 @@ def test_editing_one_eta_reruns_exactly_that_conditions_jobs(smoke_run, workflow
 
 
 @slow
+def test_editing_the_collapse_margin_reruns_the_aggregation_and_embeddings_not_training(smoke_run, workflow):
+    """analysis.collapse_margin decides runs.csv's status and the embeddings' labels (method §5.6)."""
+    workdir, _, _ = smoke_run
+    edited = fa_config.load_yaml(SMOKE_CONFIG)
+    edited["analysis"] = {"collapse_margin": 0.2}
+    (workdir / "margin.yaml").write_text(yaml.safe_dump(edited))
+
+    jobs = workflow.planned(workdir, configfile="margin.yaml")
+
+    assert "train" not in jobs and "open_loop" not in jobs
+    specs = fa_config.run_specs(fa_config.load_config(SMOKE_CONFIG))
+    assert len(jobs["aggregate"]) == len({(e, c) for e, c, _ in specs})
+    assert {"trajectory_pca", "trajectory_umap", "summary"} <= set(jobs)
+
+
+@slow
 def test_editing_an_open_loop_setting_reruns_no_training(smoke_run, workflow):
     workdir, _, _ = smoke_run
     edited = fa_config.load_yaml(SMOKE_CONFIG)

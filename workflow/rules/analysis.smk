@@ -3,6 +3,8 @@
 
 PCA_SETTINGS = config_slice(config["embedding"], ("pca_grid", "pca_margin", "landscape_train_subset"))
 UMAP_SETTINGS = config_slice(config["embedding"]["umap"], ("n_neighbors", "min_dist", "seed", "max_points"))
+# What a run's outcome is (completed, diverged, collapsed): runs.csv and the embeddings' labels use it.
+ANALYSIS_SETTINGS = config_slice(config["analysis"], ("collapse_margin",))
 TRAJECTORY_RUNS = experiment_runs("trajectory")
 SUMMARY_INPUTS = [path for experiment in RUNS for path in aggregated(experiment).values()]
 
@@ -14,6 +16,7 @@ rule aggregate:
     output:
         directory(results("aggregated/{experiment}/{condition}")),
     params:
+        settings=ANALYSIS_SETTINGS,
         code=CODE["aggregate"],
         upstream=upstream(condition_runs),
     log:
@@ -41,6 +44,7 @@ rule trajectory_pca:
         meta=results("embedding/trajectory_pca.json"),
     params:
         settings=PCA_SETTINGS,
+        analysis=ANALYSIS_SETTINGS,
         code=CODE["embedding"],
         upstream=upstream(TRAJECTORY_RUNS, results("data/mnist15.npz")),
     log:
@@ -68,6 +72,7 @@ rule trajectory_umap:
         meta=results("embedding/trajectory_umap.json"),
     params:
         settings=UMAP_SETTINGS,
+        analysis=ANALYSIS_SETTINGS,
         code=CODE["embedding"],
         upstream=upstream(TRAJECTORY_RUNS),
     log:
@@ -113,9 +118,11 @@ rule summary:
 
 for experiment, conditions in RUNS.items():
     for condition in conditions:
-        made([results(f"aggregated/{experiment}/{condition}")], code=CODE["aggregate"],
+        made([results(f"aggregated/{experiment}/{condition}")], settings=ANALYSIS_SETTINGS, code=CODE["aggregate"],
              upstream=upstream(condition_runs)(job(experiment=experiment, condition=condition)))
 made([results("embedding/trajectory_pca.npz"), results("embedding/trajectory_pca.json")], settings=PCA_SETTINGS,
-     code=CODE["embedding"], upstream=upstream(TRAJECTORY_RUNS, results("data/mnist15.npz"))(job()))
+     analysis=ANALYSIS_SETTINGS, code=CODE["embedding"],
+     upstream=upstream(TRAJECTORY_RUNS, results("data/mnist15.npz"))(job()))
 made([results("embedding/trajectory_umap.parquet"), results("embedding/trajectory_umap.json")],
-     settings=UMAP_SETTINGS, code=CODE["embedding"], upstream=upstream(TRAJECTORY_RUNS)(job()))
+     settings=UMAP_SETTINGS, analysis=ANALYSIS_SETTINGS, code=CODE["embedding"],
+     upstream=upstream(TRAJECTORY_RUNS)(job()))

@@ -55,7 +55,7 @@ wildcard_constraints:
 # --------------------------------------------------------------------------------------------
 # Code hashes: a job's params carry the hash of the package modules it runs, with every package
 # module they import (config.code_hash), so editing fa_analysis/network.py reruns the training
-# jobs but not the figures, editing fa_analysis/figures.py redraws figures without retraining,
+# jobs but not the figures, editing fa_analysis/figures/ redraws figures without retraining,
 # and editing fa_analysis/shadow.py reruns only the shadow runs (train_code below).
 
 CODE = {

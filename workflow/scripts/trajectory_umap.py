@@ -3,4 +3,5 @@
 from fa_analysis import cli
 
 with cli.job_log(snakemake.log[0]):
-    cli.umap_job(snakemake.input.runs, snakemake.params.settings, snakemake.output.table, snakemake.output.meta)
+    cli.umap_job(snakemake.input.runs, snakemake.params.settings, snakemake.output.table, snakemake.output.meta,
+                 snakemake.params.analysis)
