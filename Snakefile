@@ -34,6 +34,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/mechanisms.smk"
 include: "workflow/rules/open_loop.smk"
+include: "workflow/rules/toy.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 

@@ -429,6 +429,18 @@ class Results:
         paths = sorted(self.root.glob("open_loop/beta_wn*.parquet"))
         return self._open_loop_tables(paths, "wn", lambda path: path.stem == "beta_wn1")
 
+    # --- toy analyses
+
+    def toy(self, name: str | None = None) -> pd.DataFrame | list[str]:
+        """One toy table (``toy/{name}.parquet``, method §11), e.g. ``"depth"``; without a name, the names there."""
+        names = sorted(p.stem for p in self.root.glob("toy/*.parquet") if not p.name.startswith("."))
+        if name is None:
+            return names
+        if name not in names:
+            raise LookupError(f"no toy table {name!r} under {self.root / 'toy'} (there: {names}): "
+                              "run the workflow's toy rules")
+        return pd.read_parquet(self.root / "toy" / f"{name}.parquet")
+
     def _open_loop_tables(self, paths: Sequence[Path], column: str, value: Callable[[Path], Any]) -> pd.DataFrame:
         paths = [p for p in paths if not p.name.startswith(".")]
         if not paths:

@@ -48,7 +48,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -154,7 +154,11 @@ class BetaSweepSettings:
 
 
 def init_weights(s: OpenLoopSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fresh ``W_0 (R, n_0, n_1)``, ``W_1 (R, n_1, n_2)``, ``B_1 (R, n_2, n_1)`` ~ N(0, init_std^2)."""
+    """Fresh ``W_0 (R, n_0, n_1)``, ``W_1 (R, n_1, n_2)``, ``B_1 (R, n_2, n_1)`` ~ N(0, init_std^2).
+
+    ``s`` is any settings with ``sizes, repetitions, init_std, seed, dtype, device`` (the closed
+    net of ``toy_closed_net`` draws its weights here too).
+    """
     n_0, n_1, n_2 = s.sizes
     R = s.repetitions
     generator = torch.Generator().manual_seed(s.seed)
@@ -329,15 +333,22 @@ def final_angles(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _long_frame(angles: torch.Tensor) -> pd.DataFrame:
-    K1, R = angles.shape
-    values = angles.detach().cpu().double().numpy()
-    return pd.DataFrame(
-        {
-            "repetition": torch.arange(R).repeat(K1).numpy(),
-            "iteration": torch.arange(K1).repeat_interleave(R).numpy(),
-            "angle": values.reshape(-1),
-        }
-    )
+    return long_frame({"angle": angles})
+
+
+def long_frame(columns: Mapping[str, torch.Tensor], iterations: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per-iteration stacks ``(K1, R)`` as a long table ``repetition, iteration, <one column per name>``.
+
+    Row ``i`` of every stack is the iteration ``iterations[i]`` (default ``i``); float64 values.
+    """
+    K1, R = next(iter(columns.values())).shape
+    steps = torch.arange(K1) if iterations is None else torch.as_tensor(list(iterations), dtype=torch.int64)
+    if steps.shape != (K1,):
+        raise ValueError(f"long_frame: {K1} rows per stack but {steps.shape[0]} iterations")
+    frame = {"repetition": torch.arange(R).repeat(K1).numpy(), "iteration": steps.repeat_interleave(R).numpy()}
+    for name, values in columns.items():
+        frame[name] = values.detach().cpu().double().numpy().reshape(-1)
+    return pd.DataFrame(frame)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ FIGURES = (
     "open_loop", "open_loop_beta", "angle_W_Bt", "accuracy_loss", "alignment_terms_lag",
     "alignment_terms_time", "update_angle", "shadow_linearised", "shadow_random_b",
     "trajectory_pca", "trajectory_umap", "label_noise", "label_change", "remainder", "similarity",
+    "toy_term_geometry", "toy_term_spectrum", "toy_distributions", "toy_closed_net", "toy_closed_net_wn",
+    "toy_autocorrelation", "toy_depth",
 )
 # One thread per process: the machine running the tests is small and shared.
 THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}
@@ -310,6 +312,23 @@ def test_editing_an_open_loop_setting_reruns_no_training(smoke_run, workflow):
 
     assert set(jobs) == {"open_loop", "open_loop_beta", "figure_open_loop", "figure_open_loop_beta"}
     assert {Path(p).stem for p in jobs["open_loop"]} == {"auto", "cross", "both", "none"}
+
+
+@slow
+def test_editing_one_toy_experiment_reruns_that_experiment_alone(smoke_run, workflow):
+    """Each toy job's params are its own config slice (method §11)."""
+    workdir, _, _ = smoke_run
+    edited = fa_config.load_yaml(SMOKE_CONFIG)
+    edited["toy"]["depth"]["mask_probability"] = 0.25
+    edited["toy"]["autocorrelation"]["gamma"] = 0.7
+    (workdir / "toy.yaml").write_text(yaml.safe_dump(edited))
+
+    jobs = workflow.planned(workdir, configfile="toy.yaml")
+
+    assert set(jobs) == {"toy_depth", "figure_toy_depth", "toy_autocorrelation", "figure_toy_autocorrelation"}
+    assert {Path(p).stem for p in jobs["toy_autocorrelation"]} == {
+        f"autocorrelation_{sweep}_wn{wn}" for sweep in ("error", "input") for wn in (0, 1)
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ bands, panels, saving, and the conventions every figure keeps):
 - :mod:`~fa_analysis.figures.training`: the main runs over training (§9.2, §9.3, §9.5);
 - :mod:`~fa_analysis.figures.mechanisms`: alignment terms, shadow weights, remainder, similarity
   (§9.4, §9.6);
-- :mod:`~fa_analysis.figures.toy`: the toy analyses, the open loop first (§9.1);
+- :mod:`~fa_analysis.figures.toy`: the open loop and the closed two-layer net (§9.1, §9.10);
+- :mod:`~fa_analysis.figures.toy_geometry`: the toy Monte Carlo analyses (§9.10);
 - :mod:`~fa_analysis.figures.embeddings`: the weight trajectories (§9.7);
 - :mod:`~fa_analysis.figures.labels`: label noise and label change (§9.8).
 
@@ -47,7 +48,19 @@ from fa_analysis.figures.style import (
     read_table,
     save_figure,
 )
-from fa_analysis.figures.toy import plot_open_loop, plot_open_loop_beta
+from fa_analysis.figures.toy import (
+    plot_open_loop,
+    plot_open_loop_beta,
+    plot_toy_autocorrelation,
+    plot_toy_closed_net,
+    plot_toy_closed_net_wn,
+)
+from fa_analysis.figures.toy_geometry import (
+    plot_toy_depth,
+    plot_toy_distributions,
+    plot_toy_term_geometry,
+    plot_toy_term_spectrum,
+)
 from fa_analysis.figures.training import plot_accuracy_loss, plot_angle_W_Bt, plot_update_angle
 
 __all__ = [
@@ -56,6 +69,7 @@ __all__ = [
     "plot_accuracy_loss", "plot_alignment_terms_lag", "plot_alignment_terms_time", "plot_angle_W_Bt",
     "plot_label_change", "plot_label_noise", "plot_mean_sd", "plot_open_loop", "plot_open_loop_beta",
     "plot_remainder", "plot_shadow_linearised", "plot_shadow_random_b", "plot_similarity",
+    "plot_toy_autocorrelation", "plot_toy_closed_net", "plot_toy_closed_net_wn", "plot_toy_depth", "plot_toy_distributions", "plot_toy_term_geometry", "plot_toy_term_spectrum",
     "plot_trajectory_pca", "plot_trajectory_umap", "plot_update_angle", "read_table", "save_figure", "style",
 ]
 

@@ -379,7 +379,8 @@ def _record_training_runs(workdir: Path) -> None:
 
 # The rules whose jobs go to SLURM, and the local rules (`localrule: True`, or targets without a job
 # of their own) that run beside Snakemake on the submitting host, besides every figure rule.
-CLUSTER_RULES = ("prepare_data", "train", "open_loop", "open_loop_beta", "trajectory_pca", "trajectory_umap")
+CLUSTER_RULES = ("prepare_data", "train", "open_loop", "open_loop_beta", "trajectory_pca", "trajectory_umap",
+                 "toy_term_geometry", "toy_distributions", "toy_depth", "toy_closed_net", "toy_autocorrelation")
 LOCAL_RULES = ("prepare_label_noise", "aggregate", "summary", "all", "mechanisms")
 
 

@@ -64,6 +64,8 @@ CODE = {
     "aggregate": code_hash("aggregate"),
     "embedding": code_hash("embedding"),
     "figures": code_hash("figures"),
+    "toy_geometry": code_hash("toy_geometry"),
+    "toy_closed_net": code_hash("toy_closed_net"),
 }
 
 

@@ -41,6 +41,18 @@ FIGURE_INPUTS = {
     # final accuracy and angles vs label-noise level, every condition; accuracy through a label change
     "label_noise": aggregated("label_noise"),
     "label_change": aggregated("label_change"),
+    # the toy analyses (method §11): one alignment term over shape modes, its spectrum, changed
+    # signal statistics, and products of matrices at prescribed angles
+    "toy_term_geometry": {"angles": results("toy/term_geometry.parquet")},
+    "toy_term_spectrum": {"spectrum": results("toy/term_spectrum.parquet")},
+    "toy_distributions": {"distributions": results("toy/distributions.parquet")},
+    "toy_depth": {"depth": results("toy/depth.parquet")},
+    # the closed 100-100-10 net with an imposed error: per regime, with WN, and graded auto-correlation
+    "toy_closed_net": {"regimes": results("toy/closed_net_regimes.parquet")},
+    "toy_closed_net_wn": {"wn": results("toy/closed_net_wn.parquet")},
+    "toy_autocorrelation": {
+        f"{sweep}_wn{wn}": results(f"toy/autocorrelation_{sweep}_wn{wn}.parquet") for sweep, wn in TOY_AUTOCORRELATION
+    },
 }
 # How a figure groups its inputs, where it does (the input names are flat): {input name: group keys}
 FIGURE_GROUPS = {
