@@ -11,6 +11,11 @@ Sections (``--sections``, benchmarks/README.md):
   every variant in turn, block by block (after ``--warmup`` iterations each), so that a drift
   or a burst in the machine's load touches all variants alike; each row is the median of the
   per-iteration times of its blocks, pooled over the rounds.
+- ``rules``: milliseconds per iteration of the engine's step under each learning rule (method §1.3,
+  §1.6; metrics and the comparison with BP on, as the main and rules experiments run them), beside the
+  matrix products of the step (``x_bound``): every rule's step has the products of FA's (the sign
+  rules and KP send the deltas through a ``B`` of FA's shape, DRTP's ``Y* D_l`` has the shape of
+  ``delta_d D_l``), so one bound serves all; at every ``--threads``, blocks interleaved as in ``step``.
 - ``full``: wall time of a full 6,000-iteration ``train_run`` (100 epochs of 60 minibatches,
   metrics on), with its evaluations and artifact writing.
 - ``scaling``: the engine and its products at hidden widths 50..400 and batch 100 / 1000.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
@@ -47,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import Problem, make_autograd, make_engine, make_naive, make_products, step_flops  # noqa: E402
 
 from fa_analysis import data, train  # noqa: E402
+from fa_analysis.engine import Engine, initial_network  # noqa: E402
+from fa_analysis.learning_rules import RULES  # noqa: E402
 from fa_analysis.spec import RunSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +137,50 @@ def section_step(args, device) -> list[dict]:
                 m = statistics.median(blocks)
                 rows.append(_row("step", variant, condition, threads, unit="ms/it", blocks=blocks,
                                  x_naive=m / naive, x_bound=m / bound))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Section "rules": the engine's step under every learning rule
+# --------------------------------------------------------------------------------------------
+
+
+def make_rule_engine(problem: Problem, rule: str, capacity: int = 4096):
+    """``Engine``'s ``compute`` + ``apply`` under ``rule`` (its settings the schema's), as ``make_engine``."""
+    device, dtype = torch.device(problem.device), getattr(torch, problem.dtype)
+    spec = problem.spec(rule=rule)
+    engine = Engine(spec, initial_network(spec, device, dtype), capacity, device, dtype)
+    counter, batches = iter(range(10**9)), itertools.cycle(problem.batches)
+
+    def step() -> None:
+        batch = next(batches)
+        engine.compute(next(counter) % capacity, problem.X_epoch[batch], problem.Y_epoch[batch])
+        engine.apply()
+
+    return step
+
+
+def section_rules(args, device) -> list[dict]:
+    problem = Problem(device=args.device, dtype=args.dtype)
+    problem.make_data()
+    pooled: dict[tuple, list[float]] = {}
+    for _ in range(args.rounds):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            steps = {(rule, threads): make_rule_engine(problem, rule) for rule in RULES}
+            steps["matrix products (bound)", threads] = make_products(problem)
+            for key, blocks in interleaved_blocks(steps, args, device).items():
+                pooled.setdefault(key, []).extend(blocks)
+    rows = []
+    for threads in args.threads:
+        bound = statistics.median(pooled[("matrix products (bound)", threads)])
+        rows.append(_row("rules", "matrix products (bound)", "", threads, unit="ms/it",
+                         blocks=pooled[("matrix products (bound)", threads)], x_bound=1.0))
+        fa = statistics.median(pooled[("fa", threads)])
+        for rule in RULES:
+            m = statistics.median(pooled[(rule, threads)])
+            rows.append(_row("rules", "engine", rule, threads, unit="ms/it", blocks=pooled[(rule, threads)],
+                             x_bound=m / bound, note=f"{m / fa:.2f} x FA's step"))
     return rows
 
 
@@ -303,7 +355,8 @@ def section_memory(args, device) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-SECTIONS = {"step": section_step, "full": section_full, "scaling": section_scaling, "memory": section_memory}
+SECTIONS = {"step": section_step, "rules": section_rules, "full": section_full, "scaling": section_scaling,
+            "memory": section_memory}
 
 
 def _format(value) -> str:

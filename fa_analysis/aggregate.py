@@ -57,6 +57,9 @@ EVALUATION_KEYS = ("epoch", "iteration", "phase")
 def final_angles(run: Run) -> tuple[dict[str, float], str]:
     """Final ``∠(W_l, B_lᵀ)`` in degrees for l = 1..d-1 and over those layers concatenated, and the source.
 
+    ``B_l`` is the feedback in use at the final state: ``B{l}_final`` of a rule whose feedback
+    changes (method §1.6), the fixed ``B{l}`` otherwise.
+
     From ``weights.npz`` (the state after the last step, source ``"weights"``) when the run
     completed and its ``W{l}_final`` and ``B{l}`` are finite; otherwise -- no weights, or a
     diverged run, whose final weights come after the step that blew up -- from the last metrics
@@ -67,7 +70,7 @@ def final_angles(run: Run) -> tuple[dict[str, float], str]:
     names = [f"angle_W_Bt_{l}" for l in range(1, d)] + ["angle_W_Bt_all"]
     weights = run.weights() if run.status != "diverged" else {}
     W = {l: weights.get(f"W{l}_final") for l in range(1, d)}
-    B = {l: weights.get(f"B{l}") for l in range(1, d)}
+    B = {l: weights.get(f"B{l}_final", weights.get(f"B{l}")) for l in range(1, d)}  # the feedback in use at the end
     if all(W[l] is not None and B[l] is not None for l in range(1, d)):
         W_l = [W[l] for l in range(1, d)]
         Bt_l = [np.asarray(B[l]).T for l in range(1, d)]

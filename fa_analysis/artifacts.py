@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -155,3 +156,15 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
             old.unlink()
     else:
         os.replace(tmp, out_dir)
+
+
+def json_plain(value: Any) -> Any:
+    """Config values as JSON builtins for an artifact's description: tuples to lists, mappings to
+    dicts with string keys, non-finite floats to their names."""
+    if isinstance(value, Mapping):
+        return {str(k): json_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from fa_analysis import learning_rules
 from fa_analysis.spec import SPEC_KEYS, TARGETS, gamma_problem, spec_dict  # noqa: F401 (SPEC_KEYS: re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -168,7 +169,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator in ("minItems", "minProperties") and not error.instance:
         key = str(error.absolute_path[-1]) if error.absolute_path else "config"
         wanted = error.validator_value
-        item = key.removesuffix("s") if key.endswith("s") else "value"
+        item = key.removesuffix("s") if key.endswith("s") and "grid" not in error.absolute_path else "value"
         what = f"one {item}" if wanted == 1 else f"{wanted} values"
         verb = "list" if error.validator == "minItems" else "define"
         return f"  config key '{where}' is empty: {verb} at least {what}"
@@ -201,6 +202,10 @@ def check_config(config: dict) -> None:
         if problem:
             problems.append(f"config key 'conditions.{name}.gamma' (with 'conditions.{name}.wn' "
                             f"{str(condition['wn']).lower()}): {problem}")
+        try:
+            learning_rules.complete(condition["rule"], condition.get("rule_settings"))
+        except ValueError as error:
+            problems.append(f"config key 'conditions.{name}.rule_settings': {error}")
 
     known = ", ".join(sorted(conditions))
     for key, names in _condition_references(config):
@@ -212,10 +217,12 @@ def check_config(config: dict) -> None:
             )
     for section in MECHANISM_SECTIONS:
         name = config[section]["condition"]
-        if name in conditions and (conditions[name]["rule"] != "fa" or conditions[name]["wn"]):
+        reason = learning_rules.mechanism_problem(conditions[name]["rule"], conditions[name]["wn"]) \
+            if name in conditions else None
+        if reason:
             problems.append(
                 f"config key '{section}.condition' is '{name}', not an fa condition without WN: the "
-                "expansion of method §6 holds for feedback alignment with unnormalised weights"
+                f"expansion of method §6 needs one fixed B_l and unnormalised weights, and {reason}"
             )
     problems += _check_trajectory(config)
 
@@ -362,6 +369,12 @@ def _iter_specs(config: dict) -> Iterator[dict]:
         for seed in change["seeds"]:
             yield _spec(config, "label_change", name, name, seed, **changes)
 
+    rules = experiments["rules"]
+    reused = rules_reused(config)
+    for name in rules["conditions"]:
+        for seed in rules["seeds"] if name not in reused else ():
+            yield _spec(config, "rules", name, name, seed)
+
     trajectory = experiments["trajectory"]
     for name in trajectory["conditions"]:
         yield _spec(config, "trajectory", name, name, trajectory["seed"],
@@ -400,6 +413,14 @@ def _iter_specs(config: dict) -> Iterator[dict]:
                     compare_rules=remainder["compare_rules"], observers=observer)
 
 
+def rules_reused(config: dict) -> list[str]:
+    """The conditions of experiment ``rules`` whose runs are main's (method §8.4): main has the
+    condition with the same seeds, and a run's spec differs from main's in the experiment's name alone."""
+    main, rules = config["experiments"]["main"], config["experiments"]["rules"]
+    same_seeds = sorted(rules["seeds"]) == sorted(main["seeds"])
+    return [name for name in rules["conditions"] if same_seeds and name in main["conditions"]]
+
+
 def condition_sizes(sizes: list[int], condition: dict) -> list[int]:
     """A condition's layer widths: ``network.sizes`` with the condition's ``hidden`` widths, if it
     sets them, between the input and output widths (method §1.1)."""
@@ -427,6 +448,8 @@ def _spec(config: dict, experiment: str, run_name: str, condition_name: str, see
         "sizes": condition_sizes(network["sizes"], condition),
         **{key: network[key] for key in ("activation", "init_std", "bias", "targets")},
         **{key: condition[key] for key in ("rule", "eta", "wn", "ibn", "label_smoothing")},
+        "rule_settings": learning_rules.complete(condition["rule"], {
+            **config["rule_settings"].get(condition["rule"], {}), **condition.get("rule_settings", {})}),
         "gamma": condition.get("gamma") if condition["wn"] else None,
         **{key: training[key] for key in ("batch_size", "epochs", "reshuffle", "snapshot_every", "metrics",
                                           "compare_rules", "device", "dtype")},

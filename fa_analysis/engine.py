@@ -3,7 +3,11 @@
 ``Engine.compute(k, X, Y)`` runs step ``k`` on the state before it -- forward pass, error, the
 deltas of the driving rule and of the other rules, the updates -- and ``apply()`` makes the step.
 The step also computes the other rules' updates on the same batch and state (for a BP run FA's,
-for an FA run BP's, for a DFA run both), so ``angle(dW^FA_l, dW^BP_l)`` exists for every run.
+for an FA run BP's, for a DFA run both, for a run of a rule of method §1.6 BP's), so
+``angle(dW^FA_l, dW^BP_l)`` exists for every BP, FA and DFA run and ``angle(dW^rule_l, dW^BP_l)`` for
+every run. Bank row ``BT`` holds the feedback in use (``_make_feedback``): the sign rules remake it
+from ``W`` after every step, Kolen-Pollack learns it, so every rule whose deltas go through a ``B``
+shares FA's batched products.
 It records only Frobenius products -- one small Gram matrix per layer of the rows
 ``[W, B^T, dW, dW of the other rules]`` -- which ``metrics_table`` turns into angles and norms
 once, at the end; ``find_divergence`` reads the same records.
@@ -29,8 +33,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from fa_analysis.learning_rules import CHANGING_FEEDBACK, DIRECT_RULES, FEEDBACK_RULES, SIGN_RULES
 from fa_analysis.measures import angle_from_products
-from fa_analysis.network import ACTIVATIONS, Network, backward_deltas, init_network
+from fa_analysis.network import (
+    ACTIVATIONS, Network, backward_deltas, draw_magnitudes, fixed_magnitudes, init_network, magnitude_generator,
+)
 from fa_analysis.normalization import normalize_columns_, unit_columns_
 from fa_analysis.run_dir import theta_layout
 from fa_analysis.spec import RunSpec
@@ -90,7 +97,7 @@ class Observer(Protocol):
 # --------------------------------------------------------------------------------------------
 
 THETA, BT, DRIVE = 0, 1, 2  # rows of the bank; rows 3 (and 4 for DFA) hold the other rules' updates
-PAIR = ("bp", "fa")  # rules whose hidden deltas share one batched product per layer (bank rows THETA, BT)
+PAIR = ("bp", *FEEDBACK_RULES)  # BP and the (one) feedback rule computed share one batched product per layer
 
 
 def _runs(keys: Sequence, start: int, end: int) -> list[tuple[int, int]]:
@@ -127,14 +134,17 @@ class Engine:
     def __init__(self, spec: RunSpec, net: Network, num_iterations: int, device, dtype):
         self.spec, self.d, self.sizes = spec, net.d, net.sizes
         self.nb, self.device, self.dtype = spec.batch_size, device, dtype
-        # the other rules, computed on the same batch and state for the metrics' update angle:
-        # BP for an FA run, FA for a BP run, both for a DFA run; none without compare_rules
+        # the other rules, computed on the same batch and state for the metrics' update angles:
+        # BP for an FA run, FA for a BP run, both for a DFA run, BP for a run of any other rule;
+        # none without compare_rules
         compare = spec.metrics and spec.compare_rules
-        self.other_rules = [r for r in ("fa", "bp") if r != spec.rule] if compare else []
+        others = [r for r in ("fa", "bp") if r != spec.rule] if spec.rule in ("bp", "fa", "dfa") else ["bp"]
+        self.other_rules = others if compare else []
         self.row_of = {spec.rule: DRIVE, **{r: DRIVE + 1 + i for i, r in enumerate(self.other_rules)}}
         self.f = ACTIVATIONS[spec.activation].f
         self.fprime_fn = ACTIVATIONS[spec.activation].fprime
         self._make_bank(net)
+        self._make_feedback(net)
         self._make_layer_buffers()
         self._plan_deltas()
         self._plan_updates()
@@ -167,6 +177,46 @@ class Engine:
         self.dtheta = self.bank[DRIVE]
         self.dW, self.db = self._w_views(DRIVE), self._b_views(DRIVE)
         self.db_all = self.bank[DRIVE, self.P_W:]  # [db_1 .. db_d]: unit-major like the deltas
+
+    def _make_feedback(self, net: Network) -> None:
+        """The feedback of the rules whose feedback changes, in bank row BT (method §1.6).
+
+        Row BT always holds ``B_l^T`` of the feedback in use at the current state, so every record
+        (``angle(W_l, B_l^T)``, ``angle(dW_l, B_l^T)``, ``||B_l||``) is to the feedback the next
+        step uses. For these rules ``net.B`` are views of that row (``B_l = (B_l^T)^T``). Sign rules:
+        ``Mt``, the magnitudes ``M_l^T`` in the layout of ``W_1 .. W_{d-1}``, and after every step
+        ``B^T = Mt * sign(W)`` over those layers at once (brSF draws ``M`` first). Kolen-Pollack
+        learns row BT in ``apply``.
+        """
+        rule, w_bounds, d = self.spec.rule, self.w_bounds, self.d
+        self.hidden_W = slice(w_bounds[1], w_bounds[d])  # W_1 .. W_{d-1} in a row of the bank
+        self.Bt_hidden = self.bank[BT, self.hidden_W]
+        if rule not in CHANGING_FEEDBACK:
+            return
+        self.net.B = [None] + [self._w_views(BT)[l].T for l in range(1, d)]
+        if rule not in SIGN_RULES:
+            return
+        self.Mt = torch.empty_like(self.Bt_hidden)
+        self.Mt_layers = [None] + [self.Mt[w_bounds[l] - w_bounds[1] : w_bounds[l + 1] - w_bounds[1]]
+                                   .view(self.sizes[l], self.sizes[l + 1]) for l in range(1, d)]
+        spec = self.spec
+        if rule == "brsf":
+            self.magnitudes = magnitude_generator(spec.seed)
+        else:
+            self._set_magnitudes(fixed_magnitudes(rule, spec.rule_settings, net, spec.init_std, spec.seed, spec.ibn))
+        self._refresh_feedback()
+
+    def _set_magnitudes(self, M: list[Tensor | None]) -> None:
+        for l in range(1, self.d):
+            self.Mt_layers[l].copy_(M[l].T)
+
+    def _refresh_feedback(self) -> None:
+        """Sign rules: ``B_l^T = M_l^T * sign(W_l)`` of the current ``W``, brSF with magnitudes drawn anew."""
+        spec = self.spec
+        if spec.rule == "brsf":
+            self._set_magnitudes(draw_magnitudes(self.sizes, spec.rule_settings["magnitude"], spec.init_std,
+                                                 self.magnitudes, spec.ibn, device=self.device, dtype=self.dtype))
+        torch.sign(self.theta[self.hidden_W], out=self.Bt_hidden).mul_(self.Mt)
 
     def _w_views(self, row: int | slice) -> list[Tensor]:
         """``W_0 .. W_{d-1}`` (or updates of them) as views into bank row(s) ``row``."""
@@ -210,9 +260,13 @@ class Engine:
         self.E_pair = self.E_all.expand(len(self.pair), -1, -1)
         self.delta_of = {r: self._layer_views(self.pair_deltas[i]) for i, r in enumerate(self.pair)}
         self.delta_all_of = {r: self.pair_deltas[i] for i, r in enumerate(self.pair)}
-        if "dfa" in self.row_of:
-            self.delta_all_of["dfa"] = buffer = self._layer_major()
-            self.delta_of["dfa"] = self._layer_views(buffer)
+        for rule in DIRECT_RULES:
+            if rule in self.row_of:
+                self.delta_all_of[rule] = buffer = self._layer_major()
+                self.delta_of[rule] = self._layer_views(buffer)
+        if "drtp" in self.row_of:  # c Y*, DRTP's signal, in the layout of E
+            self.target_scale = self.spec.rule_settings["target_scale"]
+            self.projected = self.E_all.clone().T if self.target_scale != 1.0 else None
         self.delta_all, self.delta = self.delta_all_of[self.spec.rule], self.delta_of[self.spec.rule]
 
     def _plan_updates(self) -> None:
@@ -294,6 +348,10 @@ class Engine:
                 torch.bmm(Mt[l], deltas[l + 1], out=deltas[l]).mul_(fprime[l])
         if "dfa" in self.row_of:
             backward_deltas(self.net, Z, L, self.E, "dfa", fprime=self.fprime, out=self.delta_of["dfa"])
+        if "drtp" in self.row_of:  # delta_l = (c Y* D_l) * f'(Z_l)
+            target = Y if self.projected is None else torch.mul(Y, self.target_scale, out=self.projected)
+            backward_deltas(self.net, Z, L, self.E, "drtp", fprime=self.fprime, out=self.delta_of["drtp"],
+                            target=target)
 
         # updates: dW_l = L_l^T delta_{l+1} of every computed rule, db_l = 1^T delta_l (driving rule)
         Xt = X.T
@@ -315,10 +373,22 @@ class Engine:
         return Z, L, self.E, self.delta, self.dW, self.db  # db: views of db_all, zeros that stay zero with bias off
 
     def apply(self) -> None:
-        """The step ``W += eta dW``, ``b += eta db`` as one flat update (method §1), then WN (method §3)."""
-        self.theta.add_(self.dtheta, alpha=self.spec.eta)
-        if self.spec.wn:
-            normalize_columns_(self.W_groups, self.spec.gamma)
+        """The step ``W += eta dW``, ``b += eta db`` as one flat update (method §1), then WN (method §3).
+
+        Kolen-Pollack (method §1.6): ``W <- (1 - lambda) W + eta dW`` and ``B^T <- (1 - lambda) B^T +
+        eta_B dW`` over layers 1..d-1 of the bank at once. The sign rules then make the next step's
+        feedback from the new ``W``.
+        """
+        spec = self.spec
+        if spec.rule == "kp":
+            decay, eta_B = spec.rule_settings["decay"], spec.rule_settings["eta_feedback"]
+            self.theta[: self.P_W].mul_(1 - decay)
+            self.Bt_hidden.mul_(1 - decay).add_(self.bank[DRIVE, self.hidden_W], alpha=spec.eta if eta_B is None else eta_B)
+        self.theta.add_(self.dtheta, alpha=spec.eta)
+        if spec.wn:
+            normalize_columns_(self.W_groups, spec.gamma)
+        if spec.rule in SIGN_RULES:
+            self._refresh_feedback()
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +456,10 @@ def metrics_table(engine: Engine, rows: int, n_batches: int) -> pd.DataFrame:
     if fa is not None and bp is not None:  # the update angle needs both rules (compare_rules)
         for l in range(d):
             columns[f"angle_dWfa_dWbp_{l}"] = angle_from_products(g(l, fa, bp), g(l, fa, fa), g(l, bp, bp)).numpy()
+    if bp is not None and engine.other_rules:  # the driving rule's update against BP's (0 for a BP run), compare_rules
+        for l in range(d):
+            columns[f"angle_dWrule_dWbp_{l}"] = angle_from_products(
+                g(l, DRIVE, bp), g(l, DRIVE, DRIVE), g(l, bp, bp)).numpy()
     for l in range(1, d):
         columns[f"angle_dW_Bt_{l}"] = angle_from_products(g(l, DRIVE, BT), g(l, DRIVE, DRIVE), g(l, BT, BT)).numpy()
     for l in range(d):
@@ -396,6 +470,8 @@ def metrics_table(engine: Engine, rows: int, n_batches: int) -> pd.DataFrame:
         columns[f"norm_W_{l}"] = norm_W[:, l].numpy()
     for l in range(d):
         columns[f"norm_W_rel_{l}"] = (norm_W[:, l] / norm_W[0, l]).numpy()
+    for l in range(1, d):  # the feedback in use (method §1.6: it changes under the sign rules and KP)
+        columns[f"norm_B_{l}"] = torch.sqrt(G[:, l, BT, BT]).numpy()
     for l in range(d):
         columns[f"ratio_dW_W_{l}"] = (engine.spec.eta * norm_dW[:, l] / norm_W[:, l]).numpy()
     norm_delta = torch.sqrt(engine.delta_sq[:rows].to(torch.float64).cpu())

@@ -1,4 +1,4 @@
-"""The network and its learning rules: forward pass, deltas for BP / FA / DFA, updates (method §1-§2).
+"""The network and its learning rules: forward pass, deltas of every rule, updates (method §1-§2).
 
 Row-vector convention as in the paper. Layers ``l = 0..d``; a minibatch ``L_0 = X`` is
 ``(n_b, n_0)``. Indexing follows docs/design.md:
@@ -6,7 +6,11 @@ Row-vector convention as in the paper. Layers ``l = 0..d``; a minibatch ``L_0 = 
 - ``W[l]``, ``l = 0..d-1``, shape ``(n_l, n_{l+1})``;
 - ``b[l-1]`` is ``b_l``, ``l = 1..d``, shape ``(n_l,)``;
 - ``B[l]``, ``l = 1..d-1``, shape ``(n_{l+1}, n_l)`` (the shape of ``W_l^T``); ``B[0] = None``;
-- ``D[l]``, ``l = 1..d-1``, shape ``(n_d, n_l)`` (DFA: output error straight to layer l); ``D[0] = None``;
+- ``D[l]``, ``l = 1..d-1``, shape ``(n_d, n_l)`` (DFA: output error straight to layer l; DRTP: the
+  target straight to layer l); ``D[0] = None``;
+- for the rules whose feedback changes (sign symmetry, Kolen-Pollack), ``B[l]`` is the feedback in
+  use at the step (method §1.6): ``sign_feedback`` makes it from ``W`` and the magnitudes ``M``,
+  ``kp_step_`` learns it;
 - ``Z[l]``, ``L[l]``, ``delta[l]`` are lists of length ``d+1`` with ``Z[0] = delta[0] = None``.
 
 Every function is a pure function of tensors. The activations and ``backward_deltas``, which the
@@ -22,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fa_analysis.spec import RULES  # noqa: F401 (re-exported: the rules are the spec's)
+from fa_analysis.learning_rules import FEEDBACK_RULES, MAGNITUDE_SEED_OFFSET, RULES, uniform_bound
+from fa_analysis.normalization import unit_columns_
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,13 +259,19 @@ def backward_deltas(
     fprime: Sequence[Tensor | None] | None = None,
     out: Sequence[Tensor | None] | None = None,
     delta_d: Tensor | None = None,
+    target: Tensor | None = None,
+    target_scale: float = 1.0,
 ) -> list[Tensor | None]:
-    """Deltas of ``rule`` (method §1), a list of length ``d+1`` with ``delta[0] = None``.
+    """Deltas of ``rule`` (method §1.3, §1.6), a list of length ``d+1`` with ``delta[0] = None``.
 
     - output: ``delta_d = E * f'(Z_d)``;
     - ``bp``:  ``delta_l = (delta_{l+1} W_l^T) * f'(Z_l)``;
-    - ``fa``:  ``delta_l = (delta_{l+1} B_l)   * f'(Z_l)``  (BP-TAW, ``B_l`` fixed);
-    - ``dfa``: ``delta_l = (delta_d D_l)       * f'(Z_l)``;
+    - ``fa``, ``usf``, ``frsf``, ``brsf``, ``kp``: ``delta_l = (delta_{l+1} B_l) * f'(Z_l)``, with
+      ``B_l = net.B[l]`` the rule's feedback at this step (FA: fixed; the sign rules:
+      ``sign_feedback``; Kolen-Pollack: learned by ``kp_step_``);
+    - ``dfa``: ``delta_l = (delta_d D_l) * f'(Z_l)``;
+    - ``drtp``: ``delta_l = (c Y* D_l) * f'(Z_l)``, the target ``Y*`` (``target``) scaled by
+      ``c = target_scale`` in place of the error;
 
     for ``l = d-1..1``. ``fprime`` (from ``derivatives``) saves recomputing ``f'``; ``out``
     buffers are written in place. ``delta_d`` is the same under every rule: pass one already
@@ -273,13 +284,19 @@ def backward_deltas(
         fprime = derivatives(net, Z, L)
     delta: list[Tensor | None] = [None] * (d + 1)
     delta[d] = delta_d if delta_d is not None else _mul(E, fprime[d], out[d] if out is not None else None)
+    if rule == "drtp":
+        if target is None:
+            raise ValueError("rule 'drtp' needs the target: pass target=Y*")
+        projected = target if target_scale == 1.0 else target_scale * target
     for l in range(d - 1, 0, -1):
         if rule == "bp":
             upstream, M = delta[l + 1], net.W[l].T
-        elif rule == "fa":
+        elif rule in FEEDBACK_RULES:
             upstream, M = delta[l + 1], net.B[l]
-        else:
+        elif rule == "dfa":
             upstream, M = delta[d], net.D[l]
+        else:  # drtp
+            upstream, M = projected, net.D[l]
         buf = out[l] if out is not None else None
         delta[l] = (torch.mm(upstream, M, out=buf) if buf is not None else upstream @ M).mul_(fprime[l])
     return delta
@@ -318,3 +335,80 @@ def sgd_step_(net: Network, dW: Sequence[Tensor], db: Sequence[Tensor], eta: flo
         net.W[l].add_(dW[l], alpha=eta)
         if net.bias:
             net.b[l].add_(db[l], alpha=eta)
+
+
+# --------------------------------------------------------------------------------------------
+# The feedback of the rules whose feedback changes (method §1.6)
+# --------------------------------------------------------------------------------------------
+
+
+def sign_feedback(W: Sequence[Tensor], M: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """Sign-symmetric feedback ``B_l = M_l * sign(W_l)^T`` for ``l = 1..d-1`` (method §1.6; sign(0) = 0)."""
+    return [None] + [M[l] * torch.sign(W[l]).T for l in range(1, len(W))]
+
+
+def draw_magnitudes(
+    sizes: Sequence[int], distribution: str, init_std: float, generator: torch.Generator, ibn: bool,
+    *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+) -> list[Tensor | None]:
+    """Random magnitudes ``M_l`` of the shape of ``B_l``, ``(n_{l+1}, n_l)``, layer by layer (method §1.6).
+
+    ``half_normal``: ``|x|``, ``x ~ N(0, sigma^2)``; ``uniform``: ``U(0, sqrt(3) sigma)``; both have
+    the second moment ``sigma^2`` of FA's entries. Drawn from ``generator`` in float64 on the CPU,
+    then cast and moved (method §2.2); with ``ibn`` every column to norm 1, as IBN does to ``B``.
+    """
+    d = len(sizes) - 1
+    M: list[Tensor | None] = [None]
+    for l in range(1, d):
+        shape = (sizes[l + 1], sizes[l])
+        if distribution == "half_normal":
+            M_l = torch.randn(*shape, generator=generator, dtype=torch.float64).abs_().mul_(init_std)
+        elif distribution == "uniform":
+            M_l = torch.rand(*shape, generator=generator, dtype=torch.float64).mul_(uniform_bound(init_std))
+        else:
+            raise ValueError(f"magnitude distribution must be half_normal or uniform, got {distribution!r}")
+        M.append(M_l)
+    if ibn:
+        unit_columns_(M)
+    return [None] + [M_l.to(device=device, dtype=dtype) for M_l in M[1:]]
+
+
+def magnitude_generator(seed: int) -> torch.Generator:
+    """The generator of the drawn magnitudes (frSF's uniform ones, brSF's every minibatch): seed ``s + 3 000 017``."""
+    return torch.Generator().manual_seed(int(seed) + MAGNITUDE_SEED_OFFSET)
+
+
+def fixed_magnitudes(
+    rule: str, settings: dict, net: Network, init_std: float, seed: int, ibn: bool,
+) -> list[Tensor | None]:
+    """The magnitudes ``M_l`` of uSF and frSF, fixed for the run (method §1.6).
+
+    uSF: every entry ``c`` (``settings['scale']``, ``sigma`` when None); with IBN ``1 / sqrt(n_{l+1})``,
+    so every column of ``B_l`` has norm 1. frSF ``half_normal``: ``|B_l|``, the magnitudes of the
+    run's own FA draw (after IBN, if any); ``uniform``: drawn from ``magnitude_generator(seed)``.
+    """
+    like = net.W[0]
+    sizes = net.sizes
+    if rule == "usf":
+        c = settings["scale"] if settings["scale"] is not None else init_std
+        return [None] + [torch.full((sizes[l + 1], sizes[l]), 1 / sizes[l + 1] ** 0.5 if ibn else c,
+                                    dtype=like.dtype, device=like.device) for l in range(1, net.d)]
+    if rule == "frsf" and settings["magnitude"] == "half_normal":
+        return [None] + [B_l.abs() for B_l in net.B[1:]]
+    if rule == "frsf":
+        return draw_magnitudes(sizes, "uniform", init_std, magnitude_generator(seed), ibn,
+                               device=like.device, dtype=like.dtype)
+    raise ValueError(f"rule {rule!r} has no fixed magnitudes (usf and frsf have)")
+
+
+def kp_step_(net: Network, dW: Sequence[Tensor], db: Sequence[Tensor], eta: float, decay: float,
+             eta_feedback: float | None) -> None:
+    """Kolen-Pollack's step in place (method §1.6): ``W_l <- (1 - lambda) W_l + eta dW_l`` (every layer),
+    ``b <- b + eta db``, ``B_l <- (1 - lambda) B_l + eta_B dW_l^T`` (``l = 1..d-1``; ``eta_B = eta`` when None)."""
+    eta_B = eta if eta_feedback is None else eta_feedback
+    for l in range(net.d):
+        net.W[l].mul_(1 - decay).add_(dW[l], alpha=eta)
+        if net.bias:
+            net.b[l].add_(db[l], alpha=eta)
+    for l in range(1, net.d):
+        net.B[l].mul_(1 - decay).add_(dW[l].T, alpha=eta_B)

@@ -44,7 +44,6 @@ columns of W_0 and W_1 to norm gamma after initialisation and after every update
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +64,22 @@ ARTIFACT_FORMAT = "fa_analysis.open_loop/1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 Signals = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def dtype_and_device(section: str, settings: Mapping[str, Any]) -> tuple[str, str]:
+    """The optional ``dtype`` (float32) and ``device`` (cpu) of a config section, checked.
+
+    ``cuda`` without a CUDA device is an error naming the key, before any compute.
+    """
+    dtype = settings.get("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise ValueError(f"{section}.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    device = settings.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"{section}.device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{section}.device is 'cuda' but no CUDA device is available: set it to 'cpu'")
+    return dtype, device
 
 
 @dataclass(frozen=True)
@@ -101,14 +116,7 @@ class OpenLoopSettings:
                 raise ValueError(f"open_loop.{key} must be a positive number, got {settings[key]!r}")
         if not is_int(settings["seed"]):
             raise ValueError(f"open_loop.seed must be an int, got {settings['seed']!r}")
-        dtype = settings.get("dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"open_loop.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        device = settings.get("device", "cpu")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"open_loop.device must be 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("open_loop.device is 'cuda' but no CUDA device is available: set it to 'cpu'")
+        dtype, device = dtype_and_device("open_loop", settings)
         return cls(
             sizes=tuple(int(n) for n in sizes),
             batch_size=int(settings["batch_size"]),
@@ -370,13 +378,13 @@ def write_open_loop_artifact(
     s = OpenLoopSettings.from_dict(settings)
     meta = {
         "format": ARTIFACT_FORMAT,
-        "settings": _plain(settings),
+        "settings": artifacts.json_plain(settings),
         "seed": s.seed,
         "seeds": {"weights": s.seed, "signals": s.seed + SIGNAL_SEED_OFFSET},
         "code_version": artifacts.code_version(),
         "torch": torch.__version__,
         "columns": list(frame.columns),
-        **_plain(extra or {}),
+        **artifacts.json_plain(extra or {}),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     artifacts.atomic_write_parquet(out_path, frame)
@@ -406,13 +414,3 @@ def beta_sweep_job(settings: Mapping[str, Any], wn: bool, out_path: str | Path) 
     write_open_loop_artifact(frame, out_path, settings, extra)
     return frame
 
-
-def _plain(value: Any) -> Any:
-    """Config values as JSON builtins (tuples to lists, mappings to dicts)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value

@@ -72,15 +72,19 @@ def snapshot_shapes(sizes: Sequence[int]) -> dict[str, list[list[int]]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def weight_arrays(net, when: str) -> dict[str, np.ndarray]:
+def weight_arrays(net, when: str, feedback_changes: bool = False) -> dict[str, np.ndarray]:
     """The arrays of ``weights.npz`` for the network ``net`` (``network.Network``) at ``when``
     (``init`` or ``final``): ``W{l}_{when}`` (l = 0..d-1), ``b{l}_{when}`` (l = 1..d), and with
-    ``init`` the fixed ``B{l}``, ``D{l}`` (l = 1..d-1)."""
+    ``init`` the ``B{l}`` (the feedback at k = 0), ``D{l}`` (l = 1..d-1). A rule whose feedback
+    changes (``feedback_changes``: sign symmetry, Kolen-Pollack) also has ``B{l}_final``, the feedback
+    in use at the final state (method §1.6)."""
     out = {f"W{l}_{when}": W.detach().cpu().numpy().copy() for l, W in enumerate(net.W)}
     out.update({f"b{l + 1}_{when}": b.detach().cpu().numpy().copy() for l, b in enumerate(net.b)})
     if when == "init":
         out.update({f"B{l}": net.B[l].cpu().numpy().copy() for l in range(1, net.d)})
         out.update({f"D{l}": net.D[l].cpu().numpy().copy() for l in range(1, net.d)})
+    elif feedback_changes:
+        out.update({f"B{l}_final": net.B[l].cpu().numpy().copy() for l in range(1, net.d)})
     return out
 
 

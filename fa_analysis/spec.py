@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from fa_analysis import settings
+from fa_analysis import learning_rules, settings
+from fa_analysis.learning_rules import RULES
 from fa_analysis.settings import is_int
 
-RULES = ("bp", "fa", "dfa")
 ACTIVATION_NAMES = ("tanh_relu", "relu", "tanh", "sigmoid", "linear")  # network.ACTIVATIONS defines them
 TARGETS = {"five_hot": 50, "one_hot": 10}  # output units each code kind needs
 DTYPE_NAMES = ("float32", "float64")
@@ -54,7 +54,8 @@ class RunSpec:
 
     The field order is the order of every spec dict (``SPEC_KEYS``). ``threads`` comes last and is
     no part of the dicts: the training rule adds it from its ``threads:``, so changing it reruns
-    nothing. ``phases`` left out is one phase of ``epochs``.
+    nothing. ``phases`` left out is one phase of ``epochs``. ``rule_settings`` left out are the
+    schema's settings of the rule (``learning_rules.defaults``); keys given are completed by them.
     """
 
     experiment: str = DEFAULT
@@ -66,6 +67,7 @@ class RunSpec:
     bias: bool = DEFAULT
     targets: str = DEFAULT
     rule: str = DEFAULT
+    rule_settings: dict = DEFAULT
     eta: float = DEFAULT
     wn: bool = DEFAULT
     gamma: float | None = DEFAULT
@@ -87,9 +89,13 @@ class RunSpec:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         defaults = protocol_defaults()
+        given_rule_settings = self.rule_settings
         for f in fields(self):
             if getattr(self, f.name) is DEFAULT:
                 set_(self, f.name, _copy(defaults[f.name]))
+        if self.rule in RULES and (given_rule_settings is DEFAULT or isinstance(given_rule_settings, Mapping)):
+            given = {} if given_rule_settings is DEFAULT else given_rule_settings
+            set_(self, "rule_settings", learning_rules.complete(self.rule, given))
         values = normalise(asdict(self))
         values["label_noise"] = float(values["label_noise"]) if is_int(values["label_noise"]) else values["label_noise"]
         for key in ("sizes", "phases"):
@@ -144,7 +150,8 @@ def protocol_defaults() -> dict[str, Any]:
                       **properties["conditions"]["default"][condition]},
     }
     values = {key: sections[section][key] for section, keys in DEFAULT_SECTIONS.items() for key in keys}
-    values.update(experiment=experiment, condition=condition, seed=seed, label_noise=0, phases=None, observers={})
+    values.update(experiment=experiment, condition=condition, seed=seed, label_noise=0, phases=None, observers={},
+                  rule_settings=learning_rules.complete(values["rule"]))
     return {key: values[key] for key in (*SPEC_KEYS, "threads")}
 
 
@@ -180,6 +187,9 @@ def check(spec: Mapping[str, Any]) -> None:
     present. Whether a CUDA device exists is not asked here (``check_device_available``).
     """
     _choice("rule", spec["rule"], RULES)
+    problem = learning_rules.settings_problem(spec["rule"], spec["rule_settings"])
+    if problem:
+        raise ValueError(problem)
     _choice("activation", spec["activation"], ACTIVATION_NAMES)
     _choice("targets", spec["targets"], tuple(TARGETS))
     _choice("dtype", spec["dtype"], DTYPE_NAMES)

@@ -45,7 +45,7 @@ import torch
 
 from fa_analysis.measures import angle_deg_batched
 from fa_analysis.normalization import normalize_columns_
-from fa_analysis.open_loop import SIGNAL_SEED_OFFSET, init_weights, long_frame
+from fa_analysis.open_loop import SIGNAL_SEED_OFFSET, dtype_and_device, init_weights, long_frame
 from fa_analysis.settings import is_int
 from fa_analysis.toy_geometry import write_toy_table
 
@@ -99,14 +99,7 @@ def _network(section: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         layer not in (0, 1) or isinstance(layer, bool) for layer in layers
     ):
         raise ValueError(f"{section}.wn_layers must list the normalised W_l, some of [0, 1], got {layers!r}")
-    dtype = settings.get("dtype", "float32")
-    if dtype not in _DTYPES:
-        raise ValueError(f"{section}.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    device = settings.get("device", "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"{section}.device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{section}.device is 'cuda' but no CUDA device is available: set it to 'cpu'")
+    dtype, device = dtype_and_device(section, settings)
     return {
         "sizes": tuple(int(n) for n in sizes),
         "batch_size": _positive_int(f"{section}.batch_size", settings["batch_size"]),

@@ -425,9 +425,9 @@ def write_toy_table(frame: pd.DataFrame, out_path: str | Path, experiment: str, 
     out_path = Path(out_path)
     if out_path.suffix != ".parquet":
         raise ValueError(f"toy table path must end in .parquet, got {out_path}")
-    meta = {"format": ARTIFACT_FORMAT, "experiment": experiment, "settings": _plain(settings),
+    meta = {"format": ARTIFACT_FORMAT, "experiment": experiment, "settings": artifacts.json_plain(settings),
             "code_version": artifacts.code_version(), "torch": torch.__version__,
-            "columns": list(frame.columns), **_plain(extra or {})}
+            "columns": list(frame.columns), **artifacts.json_plain(extra or {})}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     artifacts.atomic_write_parquet(out_path, frame)
     artifacts.atomic_write_json(out_path.with_suffix(".json"), meta)
@@ -456,13 +456,3 @@ def depth_job(settings: Mapping[str, Any], out_path: str | Path) -> None:
     frame = run_depth(settings)
     write_toy_table(frame, out_path, "depth", settings, {"timings": {"run_s": time.perf_counter() - start}})
 
-
-def _plain(value: Any) -> Any:
-    """Config values as JSON builtins (tuples to lists, mappings to dicts)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value

@@ -1,7 +1,7 @@
 """The training loop (method §5): one run, from its spec and data to its run directory.
 
 ``train_run(spec, dataset, out_dir)`` trains one network with plain SGD under the rule of
-``spec`` (``bp``, ``fa`` or ``dfa``), optionally with WN, and writes the run directory of
+``spec`` (``bp``, ``fa``, ``dfa`` or one of the rules of method §1.6), optionally with WN, and writes the run directory of
 docs/design.md (``run_dir.write_run``). The step and its records are the engine's
 (``engine.Engine``); the loop feeds it the minibatches epoch by epoch, evaluates on the test set at
 the start of every epoch, at every phase boundary and after the last epoch, takes the snapshots,
@@ -41,6 +41,7 @@ from fa_analysis.engine import (
     initial_network,
     metrics_table,
 )
+from fa_analysis.learning_rules import CHANGING_FEEDBACK
 from fa_analysis.measures import angle_deg
 from fa_analysis.network import Network, forward, output_error
 from fa_analysis.spec import RunSpec
@@ -185,7 +186,7 @@ def train_run(
 
     files = run_dir.write_run(
         out_dir, metrics=metrics, evaluations=evaluations.rows, snapshot_iterations=snapshot_iterations,
-        snapshots=snapshot_thetas, sizes=spec.sizes, weights={**init_weights, **run_dir.weight_arrays(net, "final")},
+        snapshots=snapshot_thetas, sizes=spec.sizes, weights={**init_weights, **run_dir.weight_arrays(net, "final", spec.rule in CHANGING_FEEDBACK)},
         observer_tables=observer_tables, info=run_info,
     )
     return RunResult(

@@ -156,6 +156,8 @@ def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(syntheti
         for l in range(d):
             torch.testing.assert_close(step["dW"][l], weight_updates(net, L, delta_drive)[0][l])
             assert row[f"angle_dWfa_dWbp_{l}"] == pytest.approx(angle_deg(dW_fa[l], dW_bp[l]).item(), abs=1e-5)
+            dW_rule = weight_updates(net, L, delta_drive)[0][l]
+            assert row[f"angle_dWrule_dWbp_{l}"] == pytest.approx(angle_deg(dW_rule, dW_bp[l]).item(), abs=1e-5)
             assert row[f"angle_dW_W_{l}"] == pytest.approx(angle_deg(step["dW"][l], W[l]).item(), abs=1e-6)
             assert row[f"norm_W_{l}"] == pytest.approx(W[l].norm().item(), rel=1e-10)
             assert row[f"norm_W_rel_{l}"] == pytest.approx((W[l].norm() / W_first[l].norm()).item(), rel=1e-10)
@@ -165,6 +167,7 @@ def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(syntheti
         for l in range(1, d):
             assert row[f"angle_W_Bt_{l}"] == pytest.approx(angle_deg(W[l], B[l].T).item(), abs=1e-6)
             assert row[f"angle_dW_Bt_{l}"] == pytest.approx(angle_deg(step["dW"][l], B[l].T).item(), abs=1e-6)
+            assert row[f"norm_B_{l}"] == pytest.approx(B[l].norm().item(), rel=1e-10)
         expected_all = angle_deg_concat(W[1:], [B[l].T for l in range(1, d)]).item()
         assert row["angle_W_Bt_all"] == pytest.approx(expected_all, abs=1e-6)
         assert row[f"angle_dWfa_dWbp_{d - 1}"] == pytest.approx(0.0, abs=1e-5)  # output layer: identical
@@ -173,10 +176,12 @@ def test_metrics_are_the_angles_and_norms_of_the_state_before_each_step(syntheti
         ["iteration", "epoch", "loss", "angle_W_Bt_all"]
         + [f"angle_W_Bt_{l}" for l in range(1, d)]
         + [f"angle_dWfa_dWbp_{l}" for l in range(d)]
+        + [f"angle_dWrule_dWbp_{l}" for l in range(d)]
         + [f"angle_dW_Bt_{l}" for l in range(1, d)]
         + [f"angle_dW_W_{l}" for l in range(d)]
         + [f"norm_W_{l}" for l in range(d)]
         + [f"norm_W_rel_{l}" for l in range(d)]
+        + [f"norm_B_{l}" for l in range(1, d)]
         + [f"ratio_dW_W_{l}" for l in range(d)]
         + [f"norm_delta_{l}" for l in range(1, d + 1)]
     )
@@ -224,15 +229,17 @@ def test_metrics_off_records_the_same_loss_and_trains_the_same(synthetic, tmp_pa
     np.testing.assert_array_equal(np.load(on.files["snapshots"])["theta"], np.load(off.files["snapshots"])["theta"])
 
 
-@pytest.mark.parametrize("rule,sizes", [("fa", SMALL["sizes"]), ("bp", SQUARE), ("dfa", SQUARE)])
+@pytest.mark.parametrize("rule,sizes", [("fa", SMALL["sizes"]), ("bp", SQUARE), ("dfa", SQUARE), ("kp", SQUARE),
+                                        ("usf", SMALL["sizes"]), ("drtp", SQUARE)])
 def test_compare_rules_off_drops_only_the_update_angle(synthetic, tmp_path, rule, sizes):
     """Without the other rules' updates the run trains the same and records every other measure
-    exactly as with them; only angle(dW^FA, dW^BP) is gone."""
+    exactly as with them; only the update angles angle(dW^FA, dW^BP) and angle(dW^rule, dW^BP) are gone."""
     on = train_run(_spec(rule=rule, sizes=sizes, compare_rules=True), synthetic, tmp_path / "on", log=_quiet)
     off = train_run(_spec(rule=rule, sizes=sizes, compare_rules=False), synthetic, tmp_path / "off", log=_quiet)
     m_on, m_off = pd.read_parquet(on.files["metrics"]), pd.read_parquet(off.files["metrics"])
     d = len(sizes) - 1
-    dropped = [f"angle_dWfa_dWbp_{l}" for l in range(d)]
+    dropped = [f"angle_dWfa_dWbp_{l}" for l in range(d)] if rule in ("bp", "fa", "dfa") else []
+    dropped += [f"angle_dWrule_dWbp_{l}" for l in range(d)]
     assert list(m_off.columns) == [c for c in m_on.columns if c not in dropped]
     assert all(c in m_on.columns for c in dropped)
     # the Gram matrices differ in size only: every product they share is the same number

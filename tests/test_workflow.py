@@ -567,7 +567,7 @@ def test_the_workflow_profile_is_read_and_plans_the_protocol(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Using workflow specific profile profiles/default" in output
-    assert re.search(r"^total\s+323$", output, flags=re.MULTILINE)
+    assert re.search(r"^total\s+339$", output, flags=re.MULTILINE)
 
 
 def test_conda_env_pins_exactly_the_constraints():

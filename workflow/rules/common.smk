@@ -15,6 +15,7 @@ from fa_analysis.config import (
     iterations_per_epoch,
     label_noise_levels,
     label_noise_runs,
+    rules_reused,
     run_specs,
 )
 
@@ -23,6 +24,7 @@ SPECS = run_specs(config)
 # {experiment: {condition: [seeds]}}, in config order.
 RUNS = experiment_conditions(SPECS)
 NOISE_LEVELS = label_noise_levels(SPECS)
+RULES_REUSED = rules_reused(config)  # the rules experiment's conditions whose runs are main's
 OPEN_LOOP = config["open_loop"]
 FORMATS = config["figures"]["formats"]
 ENV = "../../envs/fa.yaml"

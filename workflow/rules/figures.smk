@@ -54,6 +54,12 @@ FIGURE_INPUTS = {
         f"{sweep}_wn{wn}": results(f"toy/autocorrelation_{sweep}_wn{wn}.parquet") for sweep, wn in TOY_AUTOCORRELATION
     },
 }
+# the rules experiment (method §8.4), where a config lists its conditions: main's aggregates for the
+# conditions whose runs are main's
+RULES_AGGREGATED = {name: results(f"aggregated/{'main' if name in RULES_REUSED else 'rules'}/{name}")
+                    for name in config["experiments"]["rules"]["conditions"]}
+if RULES_AGGREGATED:
+    FIGURE_INPUTS.update(dict.fromkeys(("rules_accuracy_loss", "rules_angle_W_Bt", "rules_update_angle"), RULES_AGGREGATED))
 # How a figure groups its inputs, where it does (the input names are flat): {input name: group keys}
 FIGURE_GROUPS = {
     "open_loop_beta": {f"wn{int(wn)}": [bool(wn)] for wn in OPEN_LOOP["beta_sweep"]["wn"]},
@@ -62,6 +68,7 @@ FIGURE_GROUPS = {
 FIGURE_OPTIONS = {
     "update_angle": {"window": config["figures"]["moving_average"]},
     "alignment_terms_time": {"window": config["figures"]["moving_average"]},
+    "rules_update_angle": {"window": config["figures"]["moving_average"]},
 }
 
 
