@@ -264,7 +264,7 @@ def test_editing_one_eta_reruns_exactly_that_conditions_jobs(smoke_run, workflow
     workdir, _, _ = smoke_run
     edited = fa_config.load_yaml(SMOKE_CONFIG)
     edited["conditions"]["fa_wn"]["eta"] = 4.0e-4
-    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited))
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
 
     jobs = workflow.planned(workdir, configfile="edited.yaml")
 
@@ -278,7 +278,7 @@ def test_editing_one_eta_reruns_exactly_that_conditions_jobs(smoke_run, workflow
     # the trajectory experiment's own override of gamma reaches exactly its WN runs
     edited = fa_config.load_yaml(SMOKE_CONFIG)
     edited["experiments"]["trajectory"]["overrides"] = {"eta": 5.0e-4, "gamma": 0.8}
-    (workdir / "trajectory.yaml").write_text(yaml.safe_dump(edited))
+    (workdir / "trajectory.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     jobs = workflow.planned(workdir, configfile="trajectory.yaml")
     assert training_runs(jobs["train"]) == {("trajectory", "bp_wn", 0), ("trajectory", "fa_wn", 0)}
     figures = {Path(p).stem for rule, outputs in jobs.items() if rule.startswith("figure_") for p in outputs}
@@ -291,7 +291,7 @@ def test_editing_the_collapse_margin_reruns_the_aggregation_and_embeddings_not_t
     workdir, _, _ = smoke_run
     edited = fa_config.load_yaml(SMOKE_CONFIG)
     edited["analysis"] = {"collapse_margin": 0.2}
-    (workdir / "margin.yaml").write_text(yaml.safe_dump(edited))
+    (workdir / "margin.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
 
     jobs = workflow.planned(workdir, configfile="margin.yaml")
 
@@ -306,7 +306,7 @@ def test_editing_an_open_loop_setting_reruns_no_training(smoke_run, workflow):
     workdir, _, _ = smoke_run
     edited = fa_config.load_yaml(SMOKE_CONFIG)
     edited["open_loop"]["eta"] = 0.003
-    (workdir / "open_loop.yaml").write_text(yaml.safe_dump(edited))
+    (workdir / "open_loop.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
 
     jobs = workflow.planned(workdir, configfile="open_loop.yaml")
 
@@ -321,7 +321,7 @@ def test_editing_one_toy_experiment_reruns_that_experiment_alone(smoke_run, work
     edited = fa_config.load_yaml(SMOKE_CONFIG)
     edited["toy"]["depth"]["mask_probability"] = 0.25
     edited["toy"]["autocorrelation"]["gamma"] = 0.7
-    (workdir / "toy.yaml").write_text(yaml.safe_dump(edited))
+    (workdir / "toy.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
 
     jobs = workflow.planned(workdir, configfile="toy.yaml")
 
