@@ -4,6 +4,8 @@
 #   snakemake --cores 2 --configfile tests/smoke/config.yaml the same DAG in a few minutes
 #   snakemake --profile profiles/slurm                       on a SLURM cluster
 #   snakemake --report report.html                           every figure with its caption
+#   snakemake --cores 2 --configfile config.yaml configs/sensitivity.yaml -- sweeps
+#                                                            a grid of conditions alone (method §12)
 #
 # The science lives in the package fa_analysis; every rule is a thin call into it. Each job's
 # params are only the config slice it uses (for a training job: its run spec), plus a hash of the
@@ -36,11 +38,13 @@ include: "workflow/rules/mechanisms.smk"
 include: "workflow/rules/open_loop.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/sweeps.smk"
 include: "workflow/rules/figures.smk"
 
 
 rule all:
-    """Every figure (PNG and PDF by default) and the summary table."""
+    """Every figure (PNG and PDF by default), the summary table and every sweep's tables."""
     input:
         figures=expand(results("figures/{name}.{format}"), name=FIGURE_INPUTS, format=FORMATS),
         summary=[results("tables/summary.csv"), results("tables/summary.md")],
+        sweeps=SWEEP_TARGETS,

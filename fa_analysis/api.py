@@ -10,8 +10,8 @@ Three entry points, re-exported by the package (``import fa_analysis``):
   from ``fa-analysis train ... --out DIR``) as the same :class:`TrainResult`.
 - :func:`load_results` -- a results folder of the workflow as a :class:`Results`, whose methods
   return tidy pandas tables: one row per run, per-iteration metrics and evaluations with
-  ``experiment``, ``condition`` and ``seed`` columns, the observers' tables, the aggregated means
-  and the summary table.
+  ``experiment``, ``condition`` and ``seed`` columns, the observers' tables, the aggregated means,
+  the summary table and each sweep's tables (method §12).
 
 The function is ``train_one``, not ``train``: ``fa_analysis.train`` is the training module.
 Everything is read through the readers of :mod:`fa_analysis.aggregate` (run directories) and
@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import functools
+import json
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -292,12 +293,13 @@ class Results:
                   seed: Selection = None) -> list[tuple[str, str, int, Path]]:
         """``(experiment, condition, seed, path)`` of every finished run under ``runs/``, sorted."""
         found = []
-        for info in self.root.glob("runs/*/*/seed*/run.json"):
+        for info in self.root.glob("runs/*/**/seed*/run.json"):  # a sweep's condition holds slashes
             path = info.parent
             match = re.fullmatch(r"seed(\d+)", path.name)
-            if match is None or any(part.startswith(".") for part in path.relative_to(self.root).parts):
+            parts = path.relative_to(self.root).parts
+            if match is None or len(parts) < 4 or any(part.startswith(".") for part in parts):
                 continue  # a staging directory of a job still running
-            found.append((path.parent.parent.name, path.parent.name, int(match.group(1)), path))
+            found.append((parts[1], "/".join(parts[2:-1]), int(match.group(1)), path))
         chosen = [row for row in found
                   if _selected(row[0], experiment) and _selected(row[1], condition) and _selected(row[2], seed)]
         return sorted(chosen, key=lambda row: row[:3])
@@ -323,7 +325,7 @@ class Results:
         if rows:
             table = pd.DataFrame(rows)
         else:
-            files = sorted(p for p in self.root.glob("aggregated/*/*/runs.csv") if not _hidden(p, self.root))
+            files = sorted(p for p in self.root.glob("aggregated/*/**/runs.csv") if not _hidden(p, self.root))
             if not files:
                 raise FileNotFoundError(f"{self.root} holds no finished run (runs/*/*/seed*/run.json) and no "
                                         "aggregated/*/*/runs.csv: is it the workflow's results folder?")
@@ -384,10 +386,10 @@ class Results:
         keys (e.g. ``iteration, epoch``), ``measure, mean, sd, n``.
         """
         frames = []
-        for path in sorted(self.root.glob(f"aggregated/*/*/{name}.parquet")):
+        for path in sorted(self.root.glob(f"aggregated/*/**/{name}.parquet")):
             if _hidden(path, self.root):
                 continue
-            e, c = path.parent.parent.name, path.parent.name
+            e, c = _experiment_condition(path.parent, self.root)
             if not (_selected(e, experiment) and _selected(c, condition)):
                 continue
             frame = pd.read_parquet(path)
@@ -403,9 +405,10 @@ class Results:
 
     def _aggregated_layout(self) -> dict[str, dict[str, list]]:
         layout: dict[str, dict[str, list]] = {}
-        for path in sorted(self.root.glob("aggregated/*/*/")):
+        for path in sorted(self.root.glob("aggregated/*/**/aggregate.json")):
             if not _hidden(path, self.root):
-                layout.setdefault(path.parent.name, {})[path.name] = []
+                experiment, condition = _experiment_condition(path.parent, self.root)
+                layout.setdefault(experiment, {})[condition] = []
         return layout
 
     @property
@@ -416,6 +419,30 @@ class Results:
             raise FileNotFoundError(f"{path} is missing: make it with the workflow's summary rule "
                                     f"(snakemake {path}) or with fa_analysis.aggregate.summary_table")
         return pd.read_csv(path)
+
+    # --- sweeps (method §12)
+
+    @property
+    def sweeps(self) -> list[str]:
+        """The names of the sweeps whose tables are here (``sweeps/{name}/sweep.json``)."""
+        return sorted(p.parent.name for p in self.root.glob("sweeps/*/sweep.json") if not _hidden(p, self.root))
+
+    def sweep(self, name: str, points: bool = False) -> pd.DataFrame:
+        """A sweep's table: one row per run (``runs.csv``: grid coordinates as their labels, status,
+        accuracies, angles), or with ``points=True`` each point over seeds (``points.csv``: median,
+        min, max, mean, sd and n per measure)."""
+        from fa_analysis.sweep_table import read_points
+
+        meta = self.root / "sweeps" / name / "sweep.json"
+        if not meta.is_file():
+            raise LookupError(f"no sweep {name!r} under {self.root / 'sweeps'} (there: {self.sweeps}): run the "
+                              "workflow's sweep_table rule (snakemake sweeps)")
+        fields = list(json.loads(meta.read_text())["fields"])
+        if points:
+            return read_points(meta.with_name("points.csv"), fields)
+        table = pd.read_csv(meta.with_name("runs.csv"), dtype={field: str for field in fields})
+        table["best_epoch"] = table["best_epoch"].astype("Int64")
+        return table
 
     # --- open loop
 
@@ -490,6 +517,12 @@ def _read_columns(path: Path, columns: Selection, keys: Sequence[str] | None) ->
         raise KeyError(f"no column of {path} matches {_as_list(columns)}; its columns are {available}")
     key_columns = [k for k in (keys or ()) if k in available and k not in chosen]
     return pd.read_parquet(path, columns=[*key_columns, *chosen])
+
+
+def _experiment_condition(directory: Path, root: Path) -> tuple[str, str]:
+    """``(experiment, condition)`` of ``aggregated/{experiment}/{condition}``; a sweep's condition holds slashes."""
+    parts = directory.relative_to(root).parts
+    return parts[1], "/".join(parts[2:])
 
 
 def _hidden(path: Path, root: Path) -> bool:

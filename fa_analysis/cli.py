@@ -157,6 +157,16 @@ def summary_job(aggregated_dirs: Sequence[str], out_csv: str, out_md: str) -> No
     aggregate.summary_table(aggregated_dirs, out_csv, out_md)
 
 
+def sweep_table_job(run_dirs: Sequence[str], layout: Mapping, sweep: str, settings: Mapping, out_runs: str,
+                    out_points: str, out_meta: str) -> None:
+    """The tables of one sweep (method §12); ``layout`` is its entry of ``sweeps.sweep_layout``,
+    ``settings`` config ``analysis`` (``collapse_margin``)."""
+    from fa_analysis import sweep_table
+
+    sweep_table.sweep_tables(run_dirs, layout, sweep, out_runs, out_points, out_meta, settings["collapse_margin"])
+    log.info("tabled %d runs of sweep %s", len(run_dirs), sweep)
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 
@@ -209,11 +219,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_id(text: str) -> tuple[str, str, int]:
+    """``experiment/condition/seed``; a sweep's condition holds slashes (``sweep/s/fa/eta~3e-4/0``)."""
     parts = text.split("/")
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) < 3 or (len(parts) > 3 and parts[0] != "sweep") or not parts[-1].isdigit():
         raise argparse.ArgumentTypeError(
             f"{text!r} is not experiment/condition/seed, e.g. main/fa/0 (`fa-analysis specs CONFIG` lists the runs)")
-    return parts[0], parts[1], int(parts[2])
+    return parts[0], "/".join(parts[1:-1]), int(parts[-1])
 
 
 def _threads(text: str) -> int:

@@ -193,7 +193,8 @@ def check_config(config: dict) -> None:
     - the trajectory conditions share one network shape and one label smoothing (method §8.3);
     - ``network.sizes`` starts with ``data.image_size``² inputs and ends with the targets' width
       (a condition's ``hidden`` widths go between those two);
-    - the batch fits the training set, and the alignment-term iterations fit the run and its lags.
+    - the batch fits the training set, and the alignment-term iterations fit the run and its lags;
+    - every point of every sweep is a valid run (``sweeps.check_sweeps``, method §12).
     """
     problems = []
     conditions = config["conditions"]
@@ -225,6 +226,9 @@ def check_config(config: dict) -> None:
                 f"expansion of method §6 needs one fixed B_l and unnormalised weights, and {reason}"
             )
     problems += _check_trajectory(config)
+    from fa_analysis.sweeps import check_sweeps  # sweeps builds on this module
+
+    problems += check_sweeps(config)
 
     sizes = config["network"]["sizes"]
     n_in = config["data"]["image_size"] ** 2
@@ -292,6 +296,8 @@ def _condition_references(config: dict) -> Iterator[tuple[str, list[str]]]:
         yield f"experiments.{experiment}.conditions", section["conditions"]
     for section in MECHANISM_SECTIONS:
         yield f"{section}.condition", [config[section]["condition"]]
+    for name, sweep in config["sweeps"].items():
+        yield f"sweeps.{name}.conditions", sweep["conditions"]
 
 
 def _check_alignment_terms(terms: dict, batches_per_epoch: int) -> list[str]:
@@ -336,7 +342,8 @@ def run_specs(config: dict) -> dict[tuple[str, str, int], dict]:
     Expects a validated config. Experiments and their conditions (docs/design.md):
     ``main/{condition}``, ``label_noise/{condition}_p{level}``, ``label_change/{condition}``,
     ``trajectory/{condition}`` (one shared seed, so every method starts from the same W, B, b),
-    ``terms/{condition}_{variant}`` and ``shadow/{condition}``.
+    ``terms/{condition}_{variant}``, ``shadow/{condition}``, and the points of every sweep,
+    ``sweep/{sweep}/{base}/{field}~{value}/...`` (``sweeps.sweep_specs``, method §12).
     """
     specs = {}
     for spec in _iter_specs(config):
@@ -411,6 +418,10 @@ def _iter_specs(config: dict) -> Iterator[dict]:
     for seed in remainder["seeds"]:
         yield _spec(config, "remainder", name, name, seed, epochs=remainder["epochs"], reshuffle=False,
                     compare_rules=remainder["compare_rules"], observers=observer)
+
+    from fa_analysis.sweeps import sweep_specs  # sweeps builds on this module
+
+    yield from sweep_specs(config)
 
 
 def rules_reused(config: dict) -> list[str]:

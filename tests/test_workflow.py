@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import re
 import shutil
@@ -153,10 +154,10 @@ def read_only(path: Path):
 
 
 def training_runs(outputs: list[str]) -> set[tuple[str, str, int]]:
-    """``(experiment, condition, seed)`` of training outputs ``.../runs/{e}/{c}/seed{s}``."""
+    """``(experiment, condition, seed)`` of training outputs ``.../runs/{e}/{c}/seed{s}`` (a sweep's c holds slashes)."""
     keys = set()
     for path in outputs:
-        match = re.search(r"runs/([^/]+)/([^/]+)/seed(\d+)$", path)
+        match = re.search(r"runs/([^/]+)/(.+)/seed(\d+)$", path)
         keys.add((match.group(1), match.group(2), int(match.group(3))))
     return keys
 
@@ -231,9 +232,9 @@ def test_readme_python_example_runs_against_the_smoke_results(smoke_run, mnist_r
 def test_smoke_run_leaves_a_complete_run_directory_per_spec(smoke_run):
     _, results, _ = smoke_run
     specs = fa_config.run_specs(fa_config.load_config(SMOKE_CONFIG))
-    found = {path.parent for path in (results / "runs").glob("*/*/seed*/run.json")}
+    found = {path.parent for path in (results / "runs").glob("*/**/seed*/run.json")}  # sweeps: c holds slashes
     assert found == {results / "runs" / e / c / f"seed{s}" for e, c, s in specs}
-    logs = list((results / "logs" / "train").glob("*/*/seed*.log"))
+    logs = list((results / "logs" / "train").glob("*/**/seed*.log"))
     assert len(logs) == len(specs) and all("epoch" in log.read_text() for log in logs)
     assert (results / "benchmarks" / "train" / "main" / "fa" / "seed0.tsv").is_file()
 
@@ -251,7 +252,7 @@ def test_report_collects_every_figure_and_the_table(smoke_run, workflow):
     workdir, _, _ = smoke_run
     workflow.run(workdir, "--report", str(workdir / "report.html"), timeout=300)
     html = (workdir / "report.html").read_text()
-    for name in (*FIGURES, "summary"):
+    for name in (*FIGURES, "sweep_smoke", "summary"):
         assert f"{name}.png" in html or f"{name}.csv" in html, name
 
 
@@ -329,6 +330,67 @@ def test_editing_one_toy_experiment_reruns_that_experiment_alone(smoke_run, work
     assert {Path(p).stem for p in jobs["toy_autocorrelation"]} == {
         f"autocorrelation_{sweep}_wn{wn}" for sweep in ("error", "input") for wn in (0, 1)
     }
+
+
+def with_sweep_grid(path: Path, **grid) -> Path:
+    """The smoke config with the smoke sweep's grid fields ``grid`` replaced."""
+    config = smoke_config()
+    config["sweeps"]["smoke"]["grid"].update(grid)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@slow
+def test_smoke_sweep_reaches_its_tables_figure_and_summary_rows(smoke_run):
+    """The smoke config's 2 x 2 sweep (method §12): a row per run, the points over seeds, the figure."""
+    from fa_analysis import load_results
+
+    workdir, results, _ = smoke_run
+    sweep = smoke_config()["sweeps"]["smoke"]
+    points = {f"smoke/fa/gamma~{g}/label_smoothing~{s}" for g in ("none", "1") for s in ("0", "0.05")}
+    runs = load_results(results).sweep("smoke")
+    assert set(zip(runs["condition"], runs["seed"])) == {(p, seed) for p in points for seed in sweep["seeds"]}
+    assert set(zip(runs["gamma"], runs["label_smoothing"])) == {("none", "0"), ("none", "0.05"), ("1", "0"), ("1", "0.05")}
+    assert set(runs["status"]) <= {"completed", "collapsed"} and runs["last_epochs_test_accuracy"].notna().all()
+    for row in runs.itertuples():  # the last epoch of the last phase (last_epochs: 1), read from the run itself
+        evaluation = pd.read_parquet(workdir / row.run_dir / "evaluation.parquet")
+        last = evaluation[(evaluation["phase"] == 1) & (evaluation["epoch"] == 2)]["test_accuracy"]
+        assert row.last_epochs_test_accuracy == pytest.approx(float(last.iloc[0]))
+    spread = load_results(results).sweep("smoke", points=True)
+    assert set(spread["condition"]) == points and (spread["n_runs"] == 2).all()
+    for fmt in ("png", "pdf"):
+        assert (results / "figures" / f"sweep_smoke.{fmt}").stat().st_size > 1000
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    rows = summary[summary["experiment"] == "sweep"]
+    assert set(rows["condition"]) == points and (rows["n_seeds"] == 2).all()
+
+
+@slow
+def test_adding_a_grid_value_runs_exactly_the_new_runs_and_removing_one_none(smoke_run, workflow, tmp_path):
+    workdir, _, _ = smoke_run
+    added = with_sweep_grid(workdir / "sweep_added.yaml", gamma=["none", 0.5, 1.0])
+    jobs = workflow.planned(workdir, configfile=added.name)
+    assert training_runs(jobs["train"]) == {
+        ("sweep", f"smoke/fa/gamma~0.5/label_smoothing~{s}", seed) for s in ("0", "0.05") for seed in (0, 1)}
+    assert {p.split("aggregated/")[1] for p in jobs["aggregate"]} == {
+        f"sweep/smoke/fa/gamma~0.5/label_smoothing~{s}" for s in ("0", "0.05")}
+    assert set(jobs) == {"train", "aggregate", "sweep_table", "figure_sweep", "summary"}
+
+    removed = with_sweep_grid(workdir / "sweep_removed.yaml", gamma=["none"])
+    jobs = workflow.planned(workdir, configfile=removed.name)
+    assert set(jobs) == {"sweep_table", "figure_sweep", "summary"}  # no training, no aggregation
+
+    # and run: the removed points leave the sweep's tables and the summary (their runs stay on disk)
+    copy = copy_of(smoke_run, tmp_path / "removed")
+    workflow.run(copy, configfile=removed.name, timeout=300)
+    results = copy / smoke_config()["results"]
+    runs = pd.read_csv(results / "sweeps" / "smoke" / "runs.csv", dtype={"gamma": str})
+    assert set(runs["gamma"]) == {"none"} and len(runs) == 4
+    assert set(json.loads((results / "sweeps" / "smoke" / "sweep.json").read_text())["points"]) == {
+        f"smoke/fa/gamma~none/label_smoothing~{s}" for s in ("0", "0.05")}
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert not summary["condition"].str.contains("gamma~1").any()
+    assert (results / "runs" / "sweep" / "smoke" / "fa" / "gamma~1").is_dir()
 
 
 # ---------------------------------------------------------------------------------------------

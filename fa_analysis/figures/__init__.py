@@ -15,6 +15,7 @@ bands, panels, saving, and the conventions every figure keeps):
 - :mod:`~fa_analysis.figures.embeddings`: the weight trajectories (§9.7);
 - :mod:`~fa_analysis.figures.labels`: label noise and label change (§9.8);
 - :mod:`~fa_analysis.figures.rules`: the rules experiment (§9.11).
+- :mod:`~fa_analysis.figures.sweeps`: the sensitivity figure of each sweep (§12).
 
 The workflow's figure job finds ``plot_{name}`` here and passes it :func:`figure_inputs`.
 """
@@ -50,6 +51,7 @@ from fa_analysis.figures.style import (
     read_table,
     save_figure,
 )
+from fa_analysis.figures.sweeps import plot_sweep
 from fa_analysis.figures.toy import (
     plot_open_loop,
     plot_open_loop_beta,
@@ -70,7 +72,7 @@ __all__ = [
     "VARIANT_COLORS", "VARIANT_LABELS", "causal_moving_average", "figure_inputs", "measure_curve",
     "plot_accuracy_loss", "plot_alignment_terms_lag", "plot_alignment_terms_time", "plot_angle_W_Bt",
     "plot_label_change", "plot_label_noise", "plot_mean_sd", "plot_open_loop", "plot_open_loop_beta",
-    "plot_remainder", "plot_rules_accuracy_loss", "plot_rules_angle_W_Bt", "plot_rules_update_angle", "plot_shadow_linearised", "plot_shadow_random_b", "plot_similarity",
+    "plot_remainder", "plot_rules_accuracy_loss", "plot_rules_angle_W_Bt", "plot_rules_update_angle", "plot_shadow_linearised", "plot_sweep", "plot_shadow_random_b", "plot_similarity",
     "plot_toy_autocorrelation", "plot_toy_closed_net", "plot_toy_closed_net_wn", "plot_toy_depth", "plot_toy_distributions", "plot_toy_term_geometry", "plot_toy_term_spectrum",
     "plot_trajectory_pca", "plot_trajectory_umap", "plot_update_angle", "read_table", "save_figure", "style",
 ]

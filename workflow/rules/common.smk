@@ -18,6 +18,7 @@ from fa_analysis.config import (
     rules_reused,
     run_specs,
 )
+from fa_analysis.sweeps import EXPERIMENT as SWEEP_EXPERIMENT, sweep_layout
 
 # One plain dict per training job, keyed by (experiment, condition, seed) (docs/design.md).
 SPECS = run_specs(config)
@@ -301,3 +302,33 @@ def figure(name):
         caption=f"../report/{name}.rst",
         category="Figures",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps (method §12; workflow/rules/sweeps.smk): their runs are training runs of experiment `sweep`
+
+# {sweep: {protocol, fields, points, seeds, last_epochs}}: the params of its table job.
+SWEEPS = sweep_layout(config)
+SWEEP_CODE = code_hash("sweep_table")
+
+
+def sweep_runs(wildcards):
+    """Every run directory of one sweep: each point with each of its seeds."""
+    return [run_dir(SWEEP_EXPERIMENT, point, seed) for point in SWEEPS[wildcards.sweep]["points"]
+            for seed in RUNS[SWEEP_EXPERIMENT][point]]
+
+
+def sweep_tables(sweep):
+    """The tables of one sweep, by file name."""
+    return {name: results(f"sweeps/{sweep}/{name}") for name in ("runs.csv", "points.csv", "sweep.json")}
+
+
+def sweep_table_inputs(wildcards):
+    """What a sweep's figure reads: its points over seeds and its grid."""
+    tables = sweep_tables(wildcards.sweep)
+    return {"points": tables["points.csv"], "meta": tables["sweep.json"]}
+
+
+def sweep_figure_options(wildcards):
+    """The figure's settings (metric, x): a change redraws the figure, nothing upstream of it."""
+    return dict(config["sweeps"][wildcards.sweep]["figure"])
