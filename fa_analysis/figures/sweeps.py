@@ -28,7 +28,7 @@ FIELD_LABELS = {
 }
 #: The metrics the figure may draw: (axis label, scale, chance level or None).
 METRICS = {
-    "last_epochs_test_accuracy": ("test accuracy (%),\nmean of the last {k} epoch(s)", 100.0, 10.0),
+    "last_epochs_test_accuracy": ("test accuracy (%),\nmean of the last {k} epoch{s}", 100.0, 10.0),
     "final_test_accuracy": ("final test accuracy (%)", 100.0, 10.0),
     "best_test_accuracy": ("best test accuracy (%)", 100.0, 10.0),
     "angle_W_Bt_all": (r"final $\angle(W, B^\top)$ (degrees),"
@@ -86,7 +86,7 @@ def plot_sweep(inputs: Mapping[str, PathLike], out_stem: PathLike, formats: Sequ
         notes = [f"{int(counts[c])} {c.removeprefix('n_')}" for c in ("n_diverged", "n_collapsed") if counts[c]]
         title = f"{rules[base].upper()} ({base})"
         ax.set_title(f"{title}\n{', '.join(notes)} runs" if notes else title)
-    axes[0].set_ylabel(ylabel.format(k=meta["last_epochs"]))
+    axes[0].set_ylabel(ylabel.format(k=meta["last_epochs"], s="" if meta["last_epochs"] == 1 else "s"))
     if others:
         handles = [Line2D([], [], color=colors[i], marker=MARKERS[i % len(MARKERS)], markersize=4,
                           label=", ".join(_legend_entry(f, v) for f, v in zip(others, combination)))
@@ -96,7 +96,8 @@ def plot_sweep(inputs: Mapping[str, PathLike], out_stem: PathLike, formats: Sequ
     seeds = points["n"]
     counted = f"{seeds.min()}–{seeds.max()}" if len(seeds) and seeds.min() != seeds.max() else \
         (f"{seeds.max()}" if len(seeds) else "no")
-    fig.suptitle(f"Sweep {meta['sweep']} ({meta['protocol']} protocol)\nmedian and min–max over {counted} seeds")
+    plural = "" if counted == "1" else "s"
+    fig.suptitle(f"Sweep {meta['sweep']} ({meta['protocol']} protocol)\nmedian and min–max over {counted} seed{plural}")
     return style.save_figure(fig, out_stem, formats)
 
 
