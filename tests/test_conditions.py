@@ -8,13 +8,13 @@ equations, apart from the package: only the initial weights, the code map and th
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from toy_data import projection_problem
 from fa_analysis import aggregate, data
 from fa_analysis.config import ConfigError, run_specs, validate
 from fa_analysis.spec import RunSpec
@@ -31,11 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def synthetic():
     """A learnable toy problem: 16 inputs, class = argmax of a fixed random projection."""
-    g = torch.Generator().manual_seed(7)
-    proj = torch.randn(N_IN, 10, generator=g)
-    X = torch.rand(300, N_IN, generator=g)
-    y = torch.argmax(X @ proj, dim=1)
-    return SimpleNamespace(X_train=X[:240], y_train=y[:240], X_test=X[240:], y_test=y[240:], metadata={})
+    return projection_problem(300, seed=7, n_in=N_IN)
 
 
 def _raw(conditions, trajectory=None):

@@ -1,13 +1,13 @@
 """The rules the field compares FA with (method §1.6): sign symmetry (uSF, frSF, brSF), Kolen-Pollack
 and DRTP, each against a hand-written float64 NumPy implementation of its equations."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from toy_data import projection_problem
 from fa_analysis import config, learning_rules
 from fa_analysis.network import (
     backward_deltas,
@@ -39,11 +39,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def synthetic():
-    g = torch.Generator().manual_seed(123)
-    proj = torch.randn(16, 10, generator=g)
-    X = torch.rand(200, 16, generator=g)
-    y = torch.argmax(X @ proj, dim=1)
-    return SimpleNamespace(X_train=X[:160], y_train=y[:160], X_test=X[160:], y_test=y[160:], metadata={})
+    return projection_problem(200, seed=123)
 
 
 def _spec(rule, wn=False, **changes):

@@ -2,13 +2,13 @@
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from toy_data import projection_problem
 from fa_analysis import artifacts, data
 from fa_analysis.engine import StepState
 from fa_analysis.measures import angle_deg, angle_deg_concat
@@ -37,11 +37,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def synthetic():
     """A learnable toy problem: 16 inputs, class = argmax of a fixed random projection."""
-    g = torch.Generator().manual_seed(123)
-    proj = torch.randn(16, 10, generator=g)
-    X = torch.rand(400, 16, generator=g)
-    y = torch.argmax(X @ proj, dim=1)
-    return SimpleNamespace(X_train=X[:320], y_train=y[:320], X_test=X[320:], y_test=y[320:], metadata={"toy": True})
+    return projection_problem(400, seed=123, metadata={"toy": True})
 
 
 def _spec(**changes):
